@@ -1,0 +1,230 @@
+"""Benchmark: order round trip algo → Market → Broker → paper exchange → ack.
+
+Run with `python -m bench.bench_roundtrip [--orders N] [--repeats R] [--json]`.
+
+* **platform**: `tradefleet up --port-base 0` in a temporary data dir (one Broker, one Market,
+  no hosted traders); a raw WebSocket client opens a session through the MarketManager and sends
+  `new_order` (limit buy far below the market, so it rests) one at a time, timing from the send
+  to the `order_accepted` for that client_order_id. Orders are cancelled between timed sends
+  (untimed) so the book does not grow.
+* **bare relay** baseline, in the same run: the same frames through a bare two-hop WebSocket
+  relay (client → hop → hop → answerer, each its own process) that does nothing but forward.
+
+Each repeat yields p50/p99/p99.9; the table shows the median of the repeats and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = """
+traders = []
+log_level = "WARNING"
+[managers.market]
+desired = 1
+[managers.trader]
+desired = 0
+[market]
+# The benchmark sends orders back to back from one session: lift the per-session flood guard.
+flood_rate_per_s = 100000.0
+flood_burst = 100000.0
+"""
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def q(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {"p50": q(0.50), "p99": q(0.99), "p999": q(0.999)}
+
+
+async def wait_file(path: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text().strip()
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{path} did not appear")
+
+
+class PlatformSession:
+    """One algo session through the MarketManager, kept open across repeats."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    async def open(self, http: aiohttp.ClientSession) -> None:
+        secrets = json.loads((self.data_dir / "secrets.json").read_text())
+        manager = await wait_file(self.data_dir / "run" / "market-manager.url", 30)
+        deadline = time.monotonic() + 60
+        while True:  # wait until the account is owned and a Market takes sessions
+            async with http.post(f"{manager}/v1/sessions", json={},
+                                 headers={"Authorization":
+                                          f"Bearer {secrets['api_token.demo']}"}) as resp:
+                grant = await resp.json()
+                if resp.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no session: {grant}")
+            await asyncio.sleep(0.2)
+        self.ws = await http.ws_connect(grant["ws_url"], headers={
+            "Authorization": f"Bearer {grant['session_token']}"}, max_msg_size=1 << 22)
+        await self.ws.send_json({"type": "hello", "session_id": grant["session_id"]})
+        self.account = grant["account"]
+        self.count = 0
+
+    async def until(self, predicate: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:
+            msg = await self.ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                raise RuntimeError(f"the session closed: {msg.type} {msg.data} {msg.extra}")
+            data = json.loads(msg.data)
+            for event in data["events"] if data["type"] == "batch" else [data]:
+                if predicate(event):
+                    return event  # type: ignore[no-any-return]
+                if event.get("type") == "error":
+                    raise RuntimeError(f"refused: {event}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer within 30 s; last frame {data}")
+
+    async def measure(self, orders: int, warmup: int) -> list[float]:
+        samples: list[float] = []
+        for i in range(orders + warmup):
+            self.count += 1
+            cid = f"b{os.getpid()}-{self.count}"
+            frame = json.dumps({"type": "new_order", "client_order_id": cid,
+                                "account": self.account, "instrument": "BTC/USD",
+                                "side": "buy", "order_type": "limit", "qty": "0.01",
+                                "price": "1000.0", "time_in_force": "GTC"})
+            start = time.perf_counter_ns()
+            await self.ws.send_str(frame)
+            event = await self.until(lambda e, c=cid: e.get("client_order_id") == c and e[
+                "type"] in ("order_accepted", "order_rejected"))
+            elapsed = (time.perf_counter_ns() - start) / 1000
+            if event["type"] != "order_accepted":
+                raise RuntimeError(f"order refused: {event}")
+            if i >= warmup:
+                samples.append(elapsed)
+            await self.ws.send_json({"type": "cancel_order", "client_order_id": cid,
+                                     "account": self.account})
+            await self.until(lambda e, c=cid: e.get("client_order_id") == c
+                             and e["type"] == "order_cancelled")
+        return samples
+
+
+class RelaySession:
+    """One client connection through the bare relay chain, kept open across repeats."""
+
+    FRAME = json.dumps({"type": "new_order", "client_order_id": "c", "account": "bench-1",
+                        "instrument": "BTC/USD", "side": "buy", "order_type": "limit",
+                        "qty": "0.01", "price": "1000.0", "time_in_force": "GTC"})
+
+    async def open(self, http: aiohttp.ClientSession, first_hop: str) -> None:
+        self.ws = await http.ws_connect(first_hop)
+
+    async def measure(self, orders: int, warmup: int) -> list[float]:
+        samples: list[float] = []
+        for i in range(orders + warmup):
+            start = time.perf_counter_ns()
+            await self.ws.send_str(self.FRAME)
+            await self.ws.receive(timeout=30)
+            if i >= warmup:
+                samples.append((time.perf_counter_ns() - start) / 1000)
+        return samples
+
+
+async def run_all(data_dir: Path, first_hop: str, orders: int, repeats: int
+                  ) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {"platform": [], "relay": []}
+    async with aiohttp.ClientSession() as http:
+        platform_session, relay = PlatformSession(data_dir), RelaySession()
+        await platform_session.open(http)
+        await relay.open(http, first_hop)
+        for n in range(repeats):
+            warmup = 50 if n == 0 else 0
+            results["relay"].append(percentiles(await relay.measure(orders, warmup)))
+            results["platform"].append(percentiles(await platform_session.measure(orders,
+                                                                                    warmup)))
+    return results
+
+
+def start_relays() -> tuple[list[subprocess.Popen[str]], str]:
+    procs: list[subprocess.Popen[str]] = []
+    url = None
+    for args in (["--answer"], ["--next"], ["--next"]):
+        if args == ["--next"]:
+            args = ["--next", url or ""]
+        proc = subprocess.Popen([sys.executable, "-m", "bench.relay", *args], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
+        url = (proc.stdout.readline() if proc.stdout else "").strip()
+        procs.append(proc)
+    return procs, url or ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_roundtrip")
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    # A SIGTERM (e.g. from `timeout`) must still stop the fleet and relays in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    data_dir = Path(tempfile.mkdtemp(prefix="tf-bench-"))
+    (data_dir / "fleet.toml").write_text(CONFIG)
+    fleet = subprocess.Popen([sys.executable, "-m", "tradefleet.cli", "up", "--port-base", "0",
+                              "--data-dir", str(data_dir), "--config",
+                              str(data_dir / "fleet.toml")], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    relays, first_hop = start_relays()
+    try:
+        results = asyncio.run(run_all(data_dir, first_hop, args.orders, args.repeats))
+    finally:
+        fleet.send_signal(signal.SIGINT)
+        fleet.wait(timeout=60)
+        for proc in relays:
+            proc.terminate()
+            proc.wait(timeout=10)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    summary = {name: {k: statistics.median(r[k] for r in runs) for k in ("p50", "p99", "p999")}
+               for name, runs in results.items()}
+    ratio = {k: summary["platform"][k] / summary["relay"][k] for k in ("p50", "p99", "p999")}
+    machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
+               "machine": platform.machine(), "load": os.getloadavg()[0]}
+    if args.json:
+        print(json.dumps({"summary": summary, "ratio": ratio, "runs": results,
+                          "machine": machine, "orders": args.orders}, indent=2))
+        return 0
+    print(f"order round trip, {args.orders} orders x {args.repeats} repeats "
+          f"(median of repeats), µs; machine {machine}")
+    print(f"{'':<12}{'p50':>10}{'p99':>10}{'p99.9':>10}")
+    for name in ("platform", "relay"):
+        s = summary[name]
+        print(f"{name:<12}{s['p50']:>10.0f}{s['p99']:>10.0f}{s['p999']:>10.0f}")
+    print(f"{'ratio':<12}{ratio['p50']:>10.2f}{ratio['p99']:>10.2f}{ratio['p999']:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Example strategies shipped with tradefleet (see each module's docstring)."""

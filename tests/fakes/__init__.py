@@ -1,0 +1,1 @@
+"""Fake venues for functional tests: local servers that speak a venue's real protocol."""

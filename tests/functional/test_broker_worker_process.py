@@ -1,0 +1,203 @@
+"""Broker workers as real processes under a real BrokerManager, trading on the real paper
+exchange: assignment over the control pipe, the link, and kill -9 of the account's owner.
+
+The test plays the Market worker with a raw WebSocket, learning the owner's address from the
+BrokerManager's `GET /v1/accounts` exactly as a Market does.
+
+One Broker worker is desired, so the replacement is a fresh spawn with a newer epoch. (A
+standby spawned before the owner would need the manager to pass a fresh `assign.epoch`;
+see `BrokerService.configure`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from protocol.orders import NewOrder
+from tests.functional.test_broker_link import Exchange, start_exchange
+from tests.support.fleet import FAST_CONFIG, REPO
+from workers.broker.adapters.paper.remote import RemotePaperAdapter
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "broker-process-test-join-token"
+CONFIG = f"""
+traders = []
+{FAST_CONFIG}
+[security]
+join_token = "{TOKEN}"
+[managers.broker]
+desired = 1
+[accounts.paper-1]
+venue = "paper"
+[customers.demo]
+accounts = ["paper-1"]
+[paper]
+step_interval_s = 3600
+maker_fee_bps = 0
+taker_fee_bps = 0
+"""
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WAIT_S = 40.0
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    (tmp_path / "fleet.toml").write_text(CONFIG)
+    return tmp_path
+
+
+@pytest.fixture
+def exchange(data_dir: Path) -> Iterator[Exchange]:
+    running = start_exchange(data_dir, CONFIG)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def broker_manager(data_dir: Path, exchange: Exchange) -> Iterator[str]:
+    log = open(data_dir / "broker-manager.log", "wb")  # noqa: SIM115 - closed in the finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "managers", "--kind", "broker", "--port", "0", "--data-dir",
+         str(data_dir), "--config", str(data_dir / "fleet.toml")],
+        stdout=log, stderr=log, cwd=REPO, start_new_session=True)
+    url_file = data_dir / "run" / "broker-manager.url"
+    deadline = time.monotonic() + 30
+    while not url_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            (data_dir / "broker-manager.log").read_text())
+        time.sleep(0.05)
+    try:
+        yield url_file.read_text().strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
+
+
+async def until(probe: Callable[[], Any], what: str) -> Any:
+    """Await `probe()` (a coroutine function) until it returns something truthy."""
+    deadline = time.monotonic() + WAIT_S
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await probe()
+        except (aiohttp.ClientError, OSError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def open_link(http: aiohttp.ClientSession, url: str
+                    ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    ws = await http.ws_connect(url.replace("http://", "ws://") + "/v1/link", headers=AUTH)
+    await ws.send_bytes(orjson.dumps({"type": "link_hello", "market_id": "test-market"}))
+    return ws, orjson.loads((await ws.receive(timeout=10)).data)
+
+
+async def next_frame(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            msg = await ws.receive()
+            assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
+            frame = orjson.loads(msg.data)
+            if frame["type"] == kind and (kind != "session_event" or "seq" in frame["event"]):
+                return frame
+
+
+def route(msg: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": "route", "session_id": "algo-1", "customer": "demo",
+                         "msg": msg})
+
+
+def sell(cid: str, price: str) -> dict[str, Any]:
+    return {"type": "new_order", "client_order_id": cid, "account": "paper-1",
+            "instrument": "BTC/USD", "side": "sell", "qty": "1", "price": price}
+
+
+async def test_the_owner_is_killed_and_its_replacement_carries_on(
+        broker_manager: str, exchange: Exchange, http: aiohttp.ClientSession) -> None:
+    async def owner() -> dict[str, Any] | None:
+        async with http.get(broker_manager + "/v1/accounts", headers=AUTH) as response:
+            body = await response.json()
+        assert response.status == 200, body
+        entry = body["accounts"]["paper-1"]
+        return entry if entry and entry["ready"] else None
+
+    first = await until(owner, "an owner of paper-1")
+    async with http.get(first["url"] + "/v1/status") as response:
+        status = await response.json()
+    assert status["info"]["account"] == "paper-1" and status["info"]["venue"] == "paper"
+
+    ws, welcome = await open_link(http, first["url"])
+    assert (welcome["account"], welcome["epoch"]) == ("paper-1", first["epoch"])
+    await ws.send_bytes(route(sell("c1", "60000")))
+    accepted = await next_frame(ws, "session_event")
+    assert (accepted["event"]["type"], accepted["event"]["seq"]) == ("order_accepted", 1)
+
+    os.kill(status["pid"], signal.SIGKILL)
+    await ws.receive(timeout=10)  # the link drops with the process
+    # While nobody owns the account, the exchange fills part of the order.
+    counterparty = RemotePaperAdapter(exchange.url, TOKEN, "cpty")
+    await counterparty.connect()
+    try:
+        await counterparty.place_order(NewOrder(
+            client_order_id="t1", account="cpty", instrument="BTC/USD", side="buy",
+            qty=Decimal("0.4"), price=Decimal(60000)))
+    finally:
+        await counterparty.close()
+
+    async def replacement() -> dict[str, Any] | None:
+        entry = await owner()
+        return entry if entry and entry["worker_id"] != first["worker_id"] else None
+
+    second = await until(replacement, "a new owner of paper-1")
+    assert second["epoch"] > first["epoch"]
+    ws2, _ = await open_link(http, second["url"])
+    await ws2.send_bytes(orjson.dumps({"type": "replay", "session_id": "algo-1",
+                                       "after_seq": 1}))
+    replayed = await next_frame(ws2, "replayed")
+    assert [(e["type"], e["seq"], e["filled_qty"]) for e in replayed["events"]] == [
+        ("order_partially_filled", 2, "0.4")]
+    await ws2.send_bytes(route(sell("c2", "61000")))
+    accepted = await next_frame(ws2, "session_event")
+    assert (accepted["event"]["client_order_id"], accepted["event"]["seq"]) == ("c2", 3)
+
+    # The books agree with the exchange's own ledger.
+    async with http.get(f"{exchange.url}/v1/accounts/paper-1/ledger", headers=AUTH) as resp:
+        ledger = await resp.json()
+    async with http.get(second["url"] + "/v1/status") as response:
+        info = (await response.json())["info"]
+    position = {p["instrument"]: p["qty"] for p in ledger["positions"]}
+    assert Decimal(position["BTC/USD"]) == Decimal(info["positions"]["BTC/USD"]) == Decimal(
+        "-0.4")
+    assert (info["orders"], info["open_orders"], info["fills"]) == (2, 2, 1)
+    await ws2.close()
+    json.dumps(info)  # the status report is plain JSON

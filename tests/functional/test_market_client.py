@@ -1,0 +1,244 @@
+"""The SDK against real Market worker shells on loopback, a fake Broker and a fake
+MarketManager: trading, typed events, errors, and resume without loss or duplication."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol.market import BookSnapshot, Ticker
+from protocol.orders import OrderAccepted, OrderFilled, OrderStatus, PositionsSnapshot
+from tests.support.market_fakes import (
+    FakeBroker,
+    FakeBrokerManager,
+    FakeMarketManager,
+    RunningMarket,
+    point_at_broker_manager,
+    snapshot_of,
+    start_market,
+    wait_for,
+)
+from tradefleet.client import (
+    AuthError,
+    ConnectionLost,
+    MarketClient,
+    OrderRejected,
+    ReconnectPolicy,
+    RequestFailed,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+API_TOKEN = "algo-token-acme"
+
+
+@dataclass
+class Platform:
+    broker_manager: FakeBrokerManager
+    broker: FakeBroker
+    manager: FakeMarketManager
+    markets: list[RunningMarket]
+    data_dir: Path
+
+    async def client(self, **kwargs: Any) -> MarketClient:
+        kwargs.setdefault("policy", ReconnectPolicy(initial_s=0.02, maximum_s=0.2))
+        return await MarketClient.connect(self.manager.url, API_TOKEN, **kwargs)
+
+    async def add_market(self, worker_id: str) -> RunningMarket:
+        market = await start_market(self.data_dir, worker_id=worker_id)
+        self.markets.append(market)
+        self.manager.markets.append(market)
+        return market
+
+
+@pytest.fixture
+async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+    broker_manager = FakeBrokerManager()
+    await broker_manager.start()
+    broker = FakeBroker(fill_orders=True)
+    await broker.start()
+    broker_manager.assign("paper-1", broker)
+    point_at_broker_manager(tmp_path, broker_manager)
+    manager = FakeMarketManager({API_TOKEN: ("acme", ["paper-1"])})
+    await manager.start()
+    world = Platform(broker_manager, broker, manager, [], tmp_path)
+    await world.add_market("market-1")
+    try:
+        yield world
+    finally:
+        for market in world.markets:
+            await market.stop()
+        await manager.stop()
+        await broker.stop()
+        await broker_manager.stop()
+
+
+async def next_of(client: MarketClient, kind: type, timeout: float = 5.0) -> Any:
+    async with asyncio.timeout(timeout):
+        async for event in client.events():
+            if isinstance(event, kind):
+                return event
+    raise AssertionError("event stream ended")
+
+
+SNAPSHOT = {"type": "book_snapshot", "instrument": "BTC/USD", "bids": [["100", "1"]],
+            "asks": [["101", "2"]], "update_id": 1, "ts": 1}
+TICKER = {"type": "ticker", "instrument": "BTC/USD", "bid": "100", "ask": "101", "ts": 2}
+
+
+async def test_subscribe_trade_and_query_through_the_sdk(platform: Platform) -> None:
+    async with await platform.client() as client:
+        assert client.account == "paper-1" and client.customer == "acme"
+        await client.subscribe("BTC/USD", "book", depth=5)
+        await platform.broker.push_market(SNAPSHOT)
+        book = await next_of(client, BookSnapshot)
+        assert book.bids == [(Decimal(100), Decimal(1))]
+        handle = await client.place_order("BTC/USD", "buy", Decimal("0.25"), price="100.5")
+        assert handle.client_order_id.startswith("tf-")
+        await handle.accepted(timeout=5)
+        await handle.filled(timeout=5)
+        assert handle.status is OrderStatus.FILLED and handle.filled_qty == Decimal("0.25")
+        assert [f.qty for f in handle.fills] == [Decimal("0.25")]
+        accepted = await next_of(client, OrderAccepted)
+        assert accepted.seq == 1 and accepted.client_order_id == handle.client_order_id
+        assert isinstance(await client.positions(), PositionsSnapshot)
+        assert (await client.balances()).cash == {"USD": Decimal(1000)}
+        assert await client.open_orders() == []
+        assert client.last_seq == 2
+
+
+async def test_the_same_client_order_id_is_one_order(platform: Platform) -> None:
+    async with await platform.client() as client:
+        first = await client.place_order("BTC/USD", "buy", "0.1", price="100",
+                                         client_order_id="mine-1")
+        await first.filled(timeout=5)
+        again = await client.place_order("BTC/USD", "buy", "0.1", price="100",
+                                         client_order_id="mine-1")
+        assert again is first
+        await wait_for(lambda: len(first.events) == 3, what="the order's snapshot")
+        assert first.events[-1].type == "order_snapshot"
+        assert list(platform.broker.journal.orders) == ["mine-1"]
+
+
+async def test_refusals_are_typed_and_coded(platform: Platform) -> None:
+    async with await platform.client() as client:
+        with pytest.raises(OrderRejected) as local:
+            await client.place_order("BTC/USD", "buy", "0.1", price=100.5)  # type: ignore[arg-type]
+        assert (local.value.code, local.value.field) == ("invalid_field", "price")
+        off_tick = await client.place_order("BTC/USD", "buy", "0.1", price="100.3")
+        with pytest.raises(OrderRejected) as remote:
+            await off_tick.accepted(timeout=5)
+        assert remote.value.code == "price_off_tick" and off_tick.is_done
+        with pytest.raises(RequestFailed) as refused:
+            await client.subscribe("DOGE/USD", "ticker")
+        assert refused.value.code == "unknown_instrument"
+        await client.subscribe("BTC/USD", "ticker")  # still connected and usable
+
+
+async def test_a_bad_api_token_is_an_auth_error(platform: Platform) -> None:
+    with pytest.raises(AuthError):
+        await MarketClient.connect(platform.manager.url, "not-a-token")
+    with pytest.raises(AuthError):
+        await MarketClient.connect(platform.manager.url, API_TOKEN, account="paper-9")
+
+
+async def test_market_death_resumes_elsewhere_without_loss_or_duplication(
+    platform: Platform,
+) -> None:
+    first = platform.markets[0]
+    async with await platform.client() as client:
+        await client.subscribe("BTC/USD", "ticker")
+        for n in range(3):
+            await (await client.place_order("BTC/USD", "buy", "0.1", price="100",
+                                            client_order_id=f"o-{n}")).filled(timeout=5)
+        session_id = client.session_id
+        assert session_id is not None
+        second = await platform.add_market("market-2")
+        platform.manager.markets.remove(first)
+        await first.stop()  # the Market the algo is on goes away
+        # While the algo has no Market, its order events keep being journaled.
+        await platform.broker.emit(session_id, snapshot_of(platform.broker.journal.orders["o-0"]))
+        await wait_for(lambda: client.connected and client.ws_url == second.ws_url,
+                       timeout=10, what="resume on market-2")
+        late = await client.place_order("BTC/USD", "sell", "0.1", price="101",
+                                        client_order_id="o-late")
+        await late.filled(timeout=5)
+        seqs: list[int] = []
+        async with asyncio.timeout(5):
+            async for event in client.events():
+                if getattr(event, "seq", None) is not None:
+                    seqs.append(event.seq)
+                if seqs and seqs[-1] == 9:
+                    break
+        assert seqs == list(range(1, 10))
+        assert client.reconnects == 1
+        assert client.last_seq == platform.broker.journal.last_seq(session_id) == 9
+        assert [r.get("session_id") for r in platform.manager.requests] == [None, session_id]
+        await platform.broker.push_market(TICKER)
+        assert isinstance(await next_of(client, Ticker), Ticker)  # subscription came back
+
+
+async def test_every_order_event_reaches_the_algo_once_across_a_resume(
+    platform: Platform,
+) -> None:
+    async with await platform.client() as client:
+        seen: list[int] = []
+
+        async def consume() -> None:
+            async for event in client.events():
+                if getattr(event, "seq", None) is not None:
+                    seen.append(event.seq)
+
+        consumer = asyncio.create_task(consume())
+        await (await client.place_order("BTC/USD", "buy", "0.1", price="100")).filled(timeout=5)
+        await platform.add_market("market-2")
+        first = platform.markets[0]
+        platform.manager.markets.remove(first)
+        await first.stop()
+        for n in range(5):  # placed while the client is between Markets
+            await client.place_order("BTC/USD", "buy", "0.1", price="100",
+                                     client_order_id=f"gap-{n}")
+        for n in range(5):
+            await client.order(f"gap-{n}").filled(timeout=10)  # type: ignore[union-attr]
+        await wait_for(lambda: len(seen) == 12, what="all events consumed")
+        consumer.cancel()
+        assert seen == list(range(1, 13))
+        assert len(platform.broker.journal.orders) == 6
+
+
+async def test_drain_moves_the_algo_to_another_market(platform: Platform) -> None:
+    async with await platform.client() as client:
+        await client.subscribe("BTC/USD", "book", depth=1)
+        await (await client.place_order("BTC/USD", "buy", "0.1", price="100")).filled(timeout=5)
+        second = await platform.add_market("market-2")
+        await platform.markets[0].service.begin_drain()
+        await wait_for(lambda: client.ws_url == second.ws_url and client.connected,
+                       timeout=10, what="moved to market-2")
+        await platform.broker.push_market(SNAPSHOT)
+        snapshot = await next_of(client, BookSnapshot)
+        assert snapshot.asks == [(Decimal(101), Decimal(2))]
+        assert not platform.markets[0].service.has_work()
+        handle = await client.place_order("BTC/USD", "buy", "0.1", price="100")
+        filled = await handle.filled(timeout=5)
+        assert filled.events[-1].seq == 4
+        assert isinstance(filled.events[-1], OrderFilled)
+
+
+async def test_a_session_taken_over_elsewhere_ends_this_client(platform: Platform) -> None:
+    client = await platform.client()
+    try:
+        other = await MarketClient.connect(platform.manager.url, API_TOKEN,
+                                           session_id=client.session_id)
+        with pytest.raises(ConnectionLost, match="taken over"):
+            await next_of(client, Ticker)
+        await other.close()
+    finally:
+        await client.close()
+    with pytest.raises(ConnectionLost):
+        await client.place_order("BTC/USD", "buy", "0.1", price="100")

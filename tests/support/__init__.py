@@ -1,0 +1,1 @@
+"""Test support: launching real tradefleet processes on loopback and waiting for events."""

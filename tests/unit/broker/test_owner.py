@@ -1,0 +1,486 @@
+"""The account owner's routing logic, over the in-process paper exchange. No sockets.
+
+The paper venue outlives the owners in these tests, like a real exchange outlives a Broker
+worker: a second owner (a higher epoch) takes over the same journal and the same venue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from protocol.errors import ErrorCode
+from protocol.market import BookSnapshot, Channel, MarketEvent
+from protocol.orders import NewOrder
+from workers.broker.adapters.base import (
+    ConnectionChanged,
+    OrderAck,
+    OrderRejectedError,
+    RetryableAdapterError,
+)
+from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
+from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
+from workers.broker.owner import AccountOwner, OwnerError, OwnerState
+from workers.broker.streams import StreamKey
+
+D = Decimal
+CONFIG = PaperConfig(
+    instruments=[PaperInstrument(instrument="BTC/USD", tick_size="0.5", lot_size="0.01",
+                                 initial_price="30000")],
+    step_interval_s=3600,
+    maker_fee_bps="0",
+    taker_fee_bps="0",
+)
+WAIT_S = 5.0
+
+
+class Outbox:
+    """Records what the owner sends towards Market workers."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.market_events: list[MarketEvent] = []
+        self.resyncs: list[str] = []
+        self.stops: list[str] = []
+        self._changed = asyncio.Event()
+
+    def to_session(self, session_id: str, frame: bytes) -> None:
+        message = orjson.loads(frame)
+        assert message["type"] == "session_event" and message["session_id"] == session_id
+        self.frames.append(message)
+        self._changed.set()
+
+    def market(self, event: MarketEvent) -> None:
+        self.market_events.append(event)
+        self._changed.set()
+
+    def resync(self, reason: str) -> None:
+        self.resyncs.append(reason)
+        self._changed.set()
+
+    def stopped(self, reason: str) -> None:
+        self.stops.append(reason)
+        self._changed.set()
+
+    def events(self, session_id: str = "s1") -> list[dict[str, Any]]:
+        return [f["event"] for f in self.frames if f["session_id"] == session_id]
+
+    def order_events(self, session_id: str = "s1") -> list[dict[str, Any]]:
+        return [e for e in self.events(session_id) if "seq" in e]
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), WAIT_S)
+
+
+class TestAdapter(PaperAdapter):
+    """A paper session whose connection can be dropped and restored, and whose next place
+    calls can be made to fail or hang."""
+
+    __test__ = False
+
+    def __init__(self, account: str, venue: PaperVenue) -> None:
+        super().__init__(account=account, venue=venue)
+        self.place_failures: list[Exception] = []
+        self.hang_places = False
+        self.placed: list[str] = []
+        self.before_place: Callable[[NewOrder], None] | None = None
+
+    async def place_order(self, request: NewOrder) -> OrderAck:
+        if self.before_place is not None:
+            self.before_place(request)
+        if self.hang_places:
+            await asyncio.Event().wait()
+        if self.place_failures:
+            raise self.place_failures.pop(0)
+        self.placed.append(request.client_order_id)
+        return await super().place_order(request)
+
+    def drop(self) -> None:
+        """The venue connection breaks: events stop until `restore()`."""
+        self.paper_venue.detach(self)
+        self._push(ConnectionChanged(False, "test drop", 0))
+
+    def restore(self) -> None:
+        self.paper_venue.attach(self)
+        self._push(ConnectionChanged(True, "test restore", 0))
+
+
+@pytest.fixture
+def venue() -> PaperVenue:
+    return PaperVenue(CONFIG)
+
+
+@pytest.fixture
+async def counterparty(venue: PaperVenue) -> AsyncIterator[PaperAdapter]:
+    other = PaperAdapter(account="other", venue=venue)
+    await other.connect()
+    yield other
+    await other.close()
+
+
+class Owners:
+    """Builds owners of account `acct` on one journal and one venue."""
+
+    def __init__(self, path: Path, venue: PaperVenue) -> None:
+        self.path = path
+        self.venue = venue
+        self.adapters: list[TestAdapter] = []
+        self.owners: list[AccountOwner] = []
+
+    def adapter(self, account: str) -> TestAdapter:
+        adapter = TestAdapter(account, self.venue)
+        self.adapters.append(adapter)
+        return adapter
+
+    async def open(self, epoch: int, **kwargs: Any) -> tuple[AccountOwner, Outbox]:
+        outbox = Outbox()
+        owner = AccountOwner(account="acct", journal_path=self.path, worker_id=f"w{epoch}",
+                             epoch=epoch, adapter_factory=self.adapter, outbox=outbox, **kwargs)
+        self.owners.append(owner)
+        await owner.open()
+        return owner, outbox
+
+    def journal(self) -> list[tuple[str, str | None, int | None, dict[str, Any]]]:
+        with sqlite3.connect(self.path) as db:
+            rows = db.execute("SELECT kind, session_id, session_seq, payload FROM entries "
+                              "ORDER BY seq").fetchall()
+        return [(k, s, q, orjson.loads(p)) for k, s, q, p in rows]
+
+
+@pytest.fixture
+async def owners(tmp_path: Path, venue: PaperVenue) -> AsyncIterator[Owners]:
+    made = Owners(tmp_path / "journal" / "acct.sqlite", venue)
+    yield made
+    for owner in made.owners:
+        await owner.close()
+
+
+def new_order(cid: str, side: str = "sell", qty: str = "1", price: str | None = "30000",
+              **extra: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "new_order", "client_order_id": cid, "account": "acct",
+                           "instrument": "BTC/USD", "side": side, "qty": qty}
+    if price is None:
+        msg["order_type"] = "market"
+    else:
+        msg["price"] = price
+    msg.update(extra)
+    return msg
+
+
+def cross(cid: str, side: str = "buy", qty: str = "0.4", price: str = "30000") -> NewOrder:
+    return NewOrder(client_order_id=cid, account="other", instrument="BTC/USD", side=side,
+                    qty=D(qty), price=D(price))
+
+
+def types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+# ---------------------------------------------------------------- orders
+
+
+async def test_orders_are_journaled_before_the_venue_hears_of_them(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    seen: list[list[str]] = []
+    owners.adapters[0].before_place = lambda r: seen.append(
+        [p["msg"]["client_order_id"] for k, _, _, p in owners.journal() if k == "request"])
+    await owner.route("s1", "cust", new_order("c1"))
+    assert seen == [["c1"]]
+    await outbox.wait_for(lambda: types(outbox.order_events()) == ["order_accepted"])
+
+
+async def test_place_fill_modify_cancel_with_contiguous_seq(
+        owners: Owners, counterparty: PaperAdapter) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.route("s1", "cust", new_order("c1", qty="1"))
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 1)
+    await counterparty.place_order(cross("x1", qty="0.4"))
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 2)
+    await owner.route("s1", "cust", {"type": "modify_order", "client_order_id": "c1",
+                                     "account": "acct", "qty": "2"})
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 3)
+    await owner.route("s1", "cust", {"type": "cancel_order", "client_order_id": "c1",
+                                     "account": "acct"})
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 4)
+    events = outbox.order_events()
+    assert types(events) == ["order_accepted", "order_partially_filled", "order_modified",
+                             "order_cancelled"]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert events[1]["fill"]["qty"] == "0.4" and events[2]["qty"] == "2"
+    assert events[3]["filled_qty"] == "0.4" and events[3]["reason"] == "requested"
+    # The journal holds the same events under the same seqs.
+    journaled = [(q, p["type"]) for k, s, q, p in owners.journal() if k == "event"]
+    assert journaled == [(e["seq"], e["type"]) for e in events]
+    assert owner.info()["positions"] == {"BTC/USD": "-0.4"}
+
+
+async def test_a_repeated_client_order_id_creates_one_order(owners: Owners,
+                                                            venue: PaperVenue) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.route("s1", "cust", new_order("c1"))
+    await owner.route("s1", "cust", new_order("c1", qty="5"))
+    assert len(venue.engine.open_orders("acct")) == 1
+    answers = [e for e in outbox.events() if e["type"] == "order_snapshot"]
+    assert len(answers) == 1 and "seq" not in answers[0] and answers[0]["qty"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("msg", "code", "field"),
+    [
+        (new_order("c1", qty="-1"), "invalid_field", "qty"),
+        (new_order("c1", qty=0.5), "invalid_field", "qty"),
+        ({k: v for k, v in new_order("c1").items() if k != "side"}, "missing_field", "side"),
+        (new_order("c1", colour="red"), "unknown_field", "colour"),
+        (new_order("c1", price="30000.25"), "price_off_tick", "price"),
+        (new_order("c1", qty="0.015"), "qty_off_lot", "qty"),
+        (new_order("c1", instrument="DOGE/USD"), "unknown_instrument", "instrument"),
+        (new_order("c1", account="someone-else"), "forbidden", "account"),
+        ({"type": "warp_drive"}, "unknown_type", "type"),
+        ({"type": "subscribe", "instrument": "BTC/USD", "channel": "ticker"},
+         "unknown_type", "type"),
+    ],
+)
+async def test_bad_requests_get_coded_errors_and_journal_nothing(
+        owners: Owners, msg: dict[str, Any], code: str, field: str) -> None:
+    owner, outbox = await owners.open(1)
+    before = len(owners.journal())
+    await owner.route("s1", "cust", msg)
+    (error,) = outbox.events()
+    assert (error["type"], error["code"], error.get("field")) == ("error", code, field)
+    assert len(owners.journal()) == before
+    # The client_order_id is still free for the corrected order.
+    await owner.route("s1", "cust", new_order("c1"))
+    await outbox.wait_for(lambda: types(outbox.order_events()) == ["order_accepted"])
+
+
+async def test_impossible_actions_are_refused_with_a_code(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.route("s1", "cust", {"type": "cancel_order", "client_order_id": "nope",
+                                     "account": "acct"})
+    await owner.route("s1", "cust", new_order("m1", side="buy", price=None, qty="1"))
+    await outbox.wait_for(lambda: any(e["type"] == "order_cancelled"
+                                      for e in outbox.order_events()))
+    await owner.route("s1", "cust", {"type": "cancel_order", "client_order_id": "m1",
+                                     "account": "acct"})
+    codes = [e["code"] for e in outbox.events() if e["type"] == "error"]
+    assert codes == ["order_not_found", "order_not_cancellable"]
+
+
+async def test_a_venue_refusal_becomes_a_journaled_rejection(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    owners.adapters[0].place_failures.append(
+        OrderRejectedError(ErrorCode.INVALID_ORDER, "insufficient funds"))
+    await owner.route("s1", "cust", new_order("c1"))
+    (event,) = outbox.order_events()
+    assert (event["type"], event["reason"], event["seq"]) == ("order_rejected",
+                                                             "invalid_order", 1)
+    assert [k for k, *_ in owners.journal()][-2:] == ["request", "event"]
+
+
+async def test_transient_venue_failures_are_retried(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    owners.adapters[0].place_failures.append(RetryableAdapterError("blip"))
+    await owner.route("s1", "cust", new_order("c1"))
+    await outbox.wait_for(lambda: types(outbox.order_events()) == ["order_accepted"])
+    assert owners.adapters[0].placed == ["c1"]
+
+
+async def test_an_unreachable_venue_leaves_the_order_pending_and_says_so(
+        owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    owners.adapters[0].place_failures.extend(RetryableAdapterError("down") for _ in range(3))
+    await owner.route("s1", "cust", new_order("c1"))
+    (error,) = outbox.events()
+    assert (error["code"], error["client_order_id"]) == ("unavailable", "c1")
+    assert owner.book.tracker.status("c1") == "pending"
+
+
+async def test_customers_never_see_or_touch_each_others_orders(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.route("s1", "alice", new_order("c1"))
+    await owner.route("s2", "bob", {"type": "cancel_order", "client_order_id": "c1",
+                                    "account": "acct"})
+    await owner.route("s2", "bob", new_order("c1"))
+    await owner.route("s2", "bob", {"type": "get_open_orders", "account": "acct", "ref": "r"})
+    await owner.route("s1", "alice", {"type": "get_open_orders", "account": "acct"})
+    bob = outbox.events("s2")
+    assert [(e["type"], e.get("code")) for e in bob] == [
+        ("error", "order_not_found"), ("error", "duplicate_order"), ("open_orders", None)]
+    assert bob[2]["orders"] == [] and bob[2]["ref"] == "r"
+    alice_open = [e for e in outbox.events("s1") if e["type"] == "open_orders"]
+    assert [o["client_order_id"] for o in alice_open[0]["orders"]] == ["c1"]
+    assert owner.book.tracker.status("c1") != "cancelled"
+
+
+async def test_positions_and_balances_come_from_the_venue(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.route("s1", "cust", {"type": "get_positions", "account": "acct", "ref": "p"})
+    positions, balances = outbox.events()
+    assert (positions["type"], positions["ref"]) == ("positions", "p")
+    assert (balances["type"], balances["cash"]) == ("balances", {"USD": "100000"})
+
+
+async def test_replay_after_n_returns_exactly_the_rest(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    for i in range(4):
+        await owner.route("s1", "cust", new_order(f"c{i}"))
+    await owner.route("s2", "cust", new_order("other-session"))
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 4)
+    replayed = orjson.loads(owner.replay("s1", 2))
+    assert replayed["type"] == "replayed" and replayed["last_seq"] == 4
+    assert [(e["seq"], e["client_order_id"]) for e in replayed["events"]] == [(3, "c2"),
+                                                                             (4, "c3")]
+    assert replayed["events"] == outbox.order_events()[2:]
+    assert orjson.loads(owner.replay("s1", 4))["events"] == []
+    assert orjson.loads(owner.replay("unknown", 0)) == {
+        "type": "replayed", "session_id": "unknown", "events": [], "last_seq": 0}
+
+
+async def test_market_data_flows_to_the_outbox(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.subscribe(StreamKey("BTC/USD", Channel.BOOK), 5)
+    await outbox.wait_for(lambda: bool(outbox.market_events))
+    assert isinstance(outbox.market_events[0], BookSnapshot)
+
+
+# ---------------------------------------------------------------- ownership and recovery
+
+
+async def test_a_new_owner_rebuilds_continues_the_seq_and_fences_the_old(
+        owners: Owners, venue: PaperVenue) -> None:
+    first, first_out = await owners.open(1)
+    await first.route("s1", "cust", new_order("c1"))
+    await first_out.wait_for(lambda: len(first_out.order_events()) == 1)
+
+    second, second_out = await owners.open(2)
+    assert [o.client_order_id for o in second.book.open_orders()] == ["c1"]
+    assert second.info()["orders"] == 1
+    await second.route("s1", "cust", new_order("c1"))  # idempotent across owners
+    assert [e["type"] for e in second_out.events()] == ["order_snapshot"]
+    await second.route("s1", "cust", {"type": "cancel_order", "client_order_id": "c1",
+                                      "account": "acct"})
+    await second_out.wait_for(lambda: len(second_out.order_events()) == 1)
+    assert second_out.order_events()[0]["seq"] == 2
+
+    # The old owner acts no more: its next request stops it before the venue hears of it.
+    await first.route("s1", "cust", new_order("zombie"))
+    assert first.state is OwnerState.FENCED and first_out.stops
+    assert venue.engine.order("acct", "zombie") is None
+    assert "zombie" not in owners.adapters[0].placed
+
+
+async def test_an_older_epoch_cannot_take_the_account(owners: Owners) -> None:
+    await owners.open(2)
+    with pytest.raises(OwnerError, match="newer epoch"):
+        await owners.open(1)
+
+
+async def test_takeover_catches_up_on_what_happened_while_nobody_owned_the_account(
+        owners: Owners, venue: PaperVenue, counterparty: PaperAdapter) -> None:
+    first, first_out = await owners.open(1)
+    await first.route("s1", "cust", new_order("filled-away", qty="1"))
+    await first.route("s1", "cust", new_order("gone-away", qty="1", price="31000"))
+    await first_out.wait_for(lambda: len(first_out.order_events()) == 2)
+    await first.close()  # the worker dies; the exchange carries on
+    await counterparty.place_order(cross("x1", qty="0.4"))
+    venue.cancel("acct", "gone-away")
+
+    second, second_out = await owners.open(2)
+    events = second_out.order_events()
+    assert [(e["type"], e["client_order_id"], e["seq"]) for e in events] == [
+        ("order_partially_filled", "filled-away", 3),
+        ("order_cancelled", "gone-away", 4),
+    ]
+    assert events[1]["reason"] == "venue"
+    assert [o.client_order_id for o in second.book.open_orders()] == ["filled-away"]
+    assert second.info()["fills"] == 1
+
+
+async def test_an_intent_the_venue_never_saw_is_sent_by_the_next_owner(
+        owners: Owners, venue: PaperVenue) -> None:
+    first, _ = await owners.open(1)
+    owners.adapters[0].hang_places = True
+    route = asyncio.create_task(first.route("s1", "cust", new_order("c1")))
+    await asyncio.sleep(0)  # the intent is journaled, the place is stuck
+    while not any(k == "request" for k, *_ in owners.journal()):
+        await asyncio.sleep(0.01)
+    route.cancel()  # the worker dies before the venue hears of the order
+    await first.close()
+    assert venue.engine.order("acct", "c1") is None
+
+    second, second_out = await owners.open(2)
+    assert venue.engine.order("acct", "c1") is not None
+    assert types(second_out.order_events()) == ["order_accepted"]
+    assert second.info()["open_orders"] == 1
+
+
+async def test_an_old_intent_is_rejected_not_sent(owners: Owners, venue: PaperVenue) -> None:
+    first, _ = await owners.open(1)
+    owners.adapters[0].hang_places = True
+    route = asyncio.create_task(first.route("s1", "cust", new_order("c1")))
+    while not any(k == "request" for k, *_ in owners.journal()):
+        await asyncio.sleep(0.01)
+    route.cancel()
+    await first.close()
+
+    _, second_out = await owners.open(2, max_resend_age_ns=0)
+    (event,) = second_out.order_events()
+    assert (event["type"], event["reason"]) == ("order_rejected", "unavailable")
+    assert venue.engine.order("acct", "c1") is None
+
+
+async def test_a_lost_venue_connection_is_reconciled_when_it_comes_back(
+        owners: Owners, counterparty: PaperAdapter) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.route("s1", "cust", new_order("c1", qty="1"))
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 1)
+    adapter = owners.adapters[0]
+    adapter.drop()
+    await outbox.wait_for(lambda: len(outbox.resyncs) == 1)
+    assert owner.state is OwnerState.VENUE_DOWN and not owner.info()["connected"]
+    await counterparty.place_order(cross("x1", qty="0.25"))  # missed by the owner
+    adapter.restore()
+    await outbox.wait_for(lambda: len(outbox.resyncs) == 2)
+    assert owner.state is OwnerState.READY
+    events = outbox.order_events()
+    assert [(e["type"], e["seq"]) for e in events] == [("order_accepted", 1),
+                                                      ("order_partially_filled", 2)]
+    assert events[1]["filled_qty"] == "0.25"
+
+
+async def test_a_bug_while_routing_answers_internal_and_the_owner_carries_on(
+        owners: Owners, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner, outbox = await owners.open(1)
+
+    def broken(message: Any) -> Any:
+        raise RuntimeError("bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(owner.book.tracker, "receive", broken)
+        await owner.route("s1", "cust", new_order("c1"))
+    (error,) = outbox.events()
+    assert (error["code"], error["client_order_id"]) == ("internal", "c1")
+    await owner.route("s1", "cust", new_order("c2"))
+    await outbox.wait_for(lambda: types(outbox.order_events()) == ["order_accepted"])
+
+
+async def test_a_journal_that_cannot_be_read_refuses_the_account(owners: Owners) -> None:
+    first, _ = await owners.open(1)
+    await first.route("s1", "cust", new_order("c1"))
+    await first.close()
+    with sqlite3.connect(owners.path) as db:
+        db.execute("UPDATE entries SET payload = '{\"msg\": {}}' WHERE kind = 'request'")
+    with pytest.raises(OwnerError, match="cannot take account acct"):
+        await owners.open(2)

@@ -1,0 +1,110 @@
+"""The account owner with its position manager: risk refusals, signals, exits, kill switch,
+and the manager rebuilt from the journal by the next owner. In-process paper venue, no sockets.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from test_owner, used as arguments)
+from __future__ import annotations
+
+from decimal import Decimal
+
+from protocol.orders import NewOrder
+from tests.unit.broker.test_owner import (  # noqa: F401 - fixtures
+    Owners,
+    counterparty,
+    new_order,
+    owners,
+    types,
+    venue,
+)
+from workers.broker.adapters.paper.adapter import PaperAdapter
+from workers.broker.risk.limits import RiskLimits
+from workers.broker.risk.manager import KillSwitch, LimitsUpdate
+
+D = Decimal
+
+
+def signal(sid: str, **extra: str) -> dict[str, str]:
+    return {"type": "signal", "signal_id": sid, "account": "acct", "instrument": "BTC/USD",
+            **extra}
+
+
+def order(account: str, cid: str, side: str, qty: str, price: str) -> NewOrder:
+    return NewOrder(client_order_id=cid, account=account, instrument="BTC/USD", side=side,
+                    qty=D(qty), price=D(price))
+
+
+async def test_a_risk_refusal_is_coded_stamped_with_seq_and_replayed(owners: Owners) -> None:
+    owner, outbox = await owners.open(1, limits=RiskLimits(max_order_notional="1000"))
+    await owner.route("s1", "cust", new_order("big", qty="1", price="30000"))
+    rejected = outbox.order_events()
+    assert types(rejected) == ["order_rejected"] and rejected[0]["seq"] == 1
+    assert rejected[0]["reason"] == "risk_order_notional"
+    assert "max_order_notional 1,000.00" in rejected[0]["message"]
+    assert [(k, s, q) for k, s, q, _ in owners.journal() if k == "risk"] == [("risk", "s1", 1)]
+    assert owner.book.orders == 0  # the tracker never saw it
+    await owner.route("s1", "cust", new_order("ok", qty="0.01", price="30000"))
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 2)
+    assert outbox.order_events()[1]["seq"] == 2
+    # The next owner rebuilds the same books and replays the refusal under its seq.
+    await owner.close()
+    second, _ = await owners.open(2, limits=RiskLimits(max_order_notional="1000"))
+    assert owners.owners[1].book.orders == 1
+    replayed = second.replay("s1", 0)
+    assert b'"order_rejected"' in replayed and b'"seq":1' in replayed
+    assert second.risk is not None and second.risk.orders.get("ok") is not None
+
+
+async def test_a_signal_enters_and_its_stop_fires_once_without_the_algo(
+        owners: Owners, counterparty: PaperAdapter) -> None:
+    owner, outbox = await owners.open(1)
+    await counterparty.place_order(order("other", "ask", "sell", "1", "30000"))
+    await counterparty.place_order(order("other", "bid", "buy", "1", "29400"))
+    await owner.route("s1", "cust", signal("sig1", direction="long", qty="0.4",
+                                           stop_loss="29300", take_profit="31000"))
+    await outbox.wait_for(lambda: "signal_accepted" in types(outbox.events()))
+    await outbox.wait_for(lambda: owner.book.positions() == {"BTC/USD": D("0.4")})
+    # The best bid falls through the stop, with the algo gone: the exit sells into it.
+    await counterparty.cancel_order("bid")
+    await counterparty.place_order(order("other", "bid2", "buy", "1", "29000"))
+    await outbox.wait_for(lambda: "exit_fired" in types(outbox.events()))
+    await outbox.wait_for(lambda: owner.book.positions() == {})
+    fired = [e for e in outbox.events() if e["type"] == "exit_fired"]
+    assert len(fired) == 1 and fired[0]["kind"] == "stop_loss"
+    kinds = [(k, p.get("record") or p.get("type") or p.get("msg", {}).get("type"))
+             for k, _, _, p in owners.journal() if k in ("risk", "request", "event")]
+    records = [r if isinstance(r, str) else r["record"] for _, r in kinds]
+    assert records.index("signal_adopted") < records.index("exit_triggered")
+    assert records.count("exit_triggered") == 1
+    assert owner.info()["kill_switch"] is None
+
+
+async def test_kill_switch_cancels_refuses_and_clears(owners: Owners) -> None:
+    owner, outbox = await owners.open(1)
+    await owner.route("s1", "cust", new_order("c1", qty="0.1", price="31000"))
+    await outbox.wait_for(lambda: types(outbox.order_events()) == ["order_accepted"])
+    await owner.operator_risk(KillSwitch(active=True, reason="test", by="ops"))
+    await outbox.wait_for(lambda: "order_cancelled" in types(outbox.order_events()))
+    assert outbox.order_events()[-1]["reason"] == "kill_switch"
+    await owner.route("s1", "cust", new_order("c2", qty="0.1", price="31000"))
+    assert outbox.order_events()[-1]["reason"] == "kill_switch"
+    assert "ops" in owner.info()["kill_switch"]
+    # Still on after a failover; then cleared by the operator.
+    await owner.close()
+    second, outbox2 = await owners.open(2)
+    assert second.info()["kill_switch"] is not None
+    await second.operator_risk(KillSwitch(active=False, by="ops"))
+    await second.operator_risk(LimitsUpdate(RiskLimits(max_open_positions=3)))
+    await second.route("s1", "cust", new_order("c3", qty="0.1", price="31000"))
+    await outbox2.wait_for(lambda: types(outbox2.order_events()) == ["order_accepted"])
+    assert second.info()["limits"]["max_open_positions"] == 3
+
+
+async def test_two_sessions_of_one_customer_share_the_limits(owners: Owners) -> None:
+    limits = RiskLimits(max_position_qty={"BTC/USD": "1"})
+    owner, outbox = await owners.open(1, limits=limits)
+    await owner.route("s1", "cust", new_order("a1", side="buy", qty="0.8", price="29000"))
+    await outbox.wait_for(lambda: types(outbox.order_events("s1")) == ["order_accepted"])
+    await owner.route("s2", "cust", new_order("b1", side="buy", qty="0.5", price="29000"))
+    refused = outbox.order_events("s2")
+    assert types(refused) == ["order_rejected"] and refused[0]["seq"] == 1
+    assert refused[0]["reason"] == "risk_position_size"

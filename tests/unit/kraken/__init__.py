@@ -1,0 +1,1 @@
+"""Unit tests of the Kraken spot and Kraken Futures adapters (pure parts, no sockets)."""

@@ -1,0 +1,5 @@
+"""The `tradefleet` command line: up, status, spawn, drain, stop, replay."""
+
+from tradefleet.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+import sys
+
+from tradefleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""Human tables for the fleet document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def _age(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}s"
+
+
+def render_fleet(fleet: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for loc in fleet.get("locations", []):
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(loc.get("counts", {}).items()) if n)
+        parts.append(f"location {loc['name']}: {loc['state']}" + (f" ({counts})" if counts else ""))
+        mrows = [[m["kind"], m["id"], m["state"], str(m["epoch"]), str(m["desired"]),
+                  str(len(m.get("workers", []))), _age(m.get("last_seen_age_s")), m["url"]]
+                 for m in loc.get("managers", [])]
+        parts.append(table(["KIND", "MANAGER", "STATE", "EPOCH", "DESIRED", "WORKERS", "SEEN",
+                            "URL"], mrows))
+        wrows = []
+        for m in loc.get("managers", []):
+            for w in m.get("workers", []):
+                load = w.get("load", {})
+                wrows.append([w["kind"], w["id"], w["state"], str(w.get("pid") or "-"),
+                              str(w["epoch"]), str(load.get("sessions", 0)),
+                              _age(w.get("last_heartbeat_age_s")), w.get("url") or "-"])
+        parts.append("")
+        parts.append(table(["KIND", "WORKER", "STATE", "PID", "EPOCH", "SESSIONS", "HEARTBEAT",
+                            "URL"], wrows))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def render_accounts(fleet: dict[str, Any]) -> str:
+    """Per account (from its order owner's status): orders, fills, positions."""
+    rows = []
+    for loc in fleet.get("locations", []):
+        for m in loc.get("managers", []):
+            for w in m.get("workers", []):
+                info = w.get("info", {})
+                if w.get("kind") != "broker" or not info.get("account"):
+                    continue
+                positions = info.get("positions") or {}
+                pos = ", ".join(f"{k} {v}" for k, v in sorted(positions.items())) or "flat"
+                pnl = info.get("position_pnl") or {}
+                if pnl:
+                    pos = ", ".join(
+                        f"{k} {v['qty']} @ {v.get('avg_price') or '-'} "
+                        f"(realized {v['realized_pnl']}, unrealized "
+                        f"{v.get('unrealized_pnl') or '-'})" for k, v in sorted(pnl.items()))
+                kill = info.get("kill_switch")
+                rows.append([info["account"], loc["name"], w["id"], str(info.get("venue", "-")),
+                             "yes" if info.get("connected") else "no",
+                             str(info.get("orders", 0)), str(info.get("open_orders", 0)),
+                             str(info.get("fills", 0)), "ON" if kill else "off", pos])
+    if not rows:
+        return ""
+    return table(["ACCOUNT", "LOCATION", "OWNER", "VENUE", "CONNECTED", "ORDERS", "OPEN",
+                  "FILLS", "KILL", "POSITIONS"], rows) + "\n"

@@ -1,0 +1,1 @@
+"""Worker processes: Broker, Market and Trader workers and the runtime they share."""

@@ -1,0 +1,1 @@
+"""Broker workers: one process per live broker/exchange session."""

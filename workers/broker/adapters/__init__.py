@@ -1,0 +1,1 @@
+"""Venue adapters: everything that knows a venue's wire format lives here."""

@@ -1,0 +1,132 @@
+"""The Trader worker: runs the hosted strategy its manager assigns, through the client SDK.
+
+It connects through the MarketManager exactly as an external algo does (same API token, same
+sessions, same reconnects), so hosted and external algos cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from protocol.control import Load
+from tradefleet.config import TraderSection
+from tradefleet.strategy import Strategy, load_strategy_class, run_strategy
+from workers.runtime.service import WorkerContext, WorkerService
+
+log = structlog.get_logger(__name__)
+
+
+class TraderService(WorkerService):
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(ctx)
+        self.section: TraderSection | None = None
+        self.strategy: Strategy | None = None
+        self.status = "standby"
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------------ assignment
+
+    async def configure(self, params: dict[str, Any]) -> None:
+        name = params.get("assign", {}).get("trader")
+        if name is None:
+            return
+        section = next((t for t in self.ctx.config.traders if t.name == name), None)
+        if section is None:
+            raise ValueError(f"no trader named '{name}' in the configuration")
+        try:
+            load_strategy_class(section.strategy, search=[Path.cwd()])
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise ValueError(f"cannot load strategy {section.strategy}: {exc}") from exc
+        await self._halt()
+        self.section = section
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(section), name=f"trader-{name}")
+        structlog.contextvars.bind_contextvars(trader=name)
+        log.info("assigned", strategy=section.strategy)
+
+    def _api_token(self, customer: str) -> str:
+        tokens = self.ctx.config.customers[customer].api_tokens
+        if tokens:
+            return tokens[0].get_secret_value()
+        secrets = json.loads((self.ctx.data_dir / "secrets.json").read_text())
+        return str(secrets[f"api_token.{customer}"])
+
+    def _manager_url(self) -> str:
+        return (self.ctx.data_dir / "run" / "market-manager.url").read_text().strip()
+
+    async def _run(self, section: TraderSection) -> None:
+        from tradefleet.client import MarketClient
+
+        delay = 0.2
+        while not self._stop.is_set():
+            self.status = "connecting"
+            try:
+                client = await MarketClient.connect(self._manager_url(),
+                                                    self._api_token(section.customer),
+                                                    account=section.account)
+            except Exception as exc:  # market not reachable yet: keep trying, never spin
+                self.last_error = str(exc)[:200]
+                log.warning("cannot connect yet", error=self.last_error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                continue
+            self.last_error = None
+            delay = 0.2
+            try:
+                cls = load_strategy_class(section.strategy, search=[Path.cwd()])
+                self.strategy = cls(client, **section.params)
+                self.status = "running"
+                await run_strategy(self.strategy, client, self._stop)
+            except Exception as exc:
+                self.status = "failed"
+                self.last_error = str(exc)[:200]
+                log.exception("strategy failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 5.0)
+            finally:
+                await client.close()
+        self.status = "stopped"
+
+    async def _halt(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 10)
+            self._task = None
+
+    # ------------------------------------------------------------------ runtime hooks
+
+    async def begin_drain(self) -> None:
+        await super().begin_drain()
+        await self._halt()
+
+    async def stop(self) -> None:
+        await self._halt()
+
+    def has_work(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def load(self) -> Load:
+        return Load(sessions=1 if self.status == "running" else 0, accepting=self.accepting)
+
+    def info(self) -> dict[str, Any]:
+        if self.section is None:
+            return {"status": self.status}
+        out: dict[str, Any] = {"trader": self.section.name, "strategy": self.section.strategy,
+                               "account": self.section.account, "status": self.status}
+        if self.strategy is not None:
+            out["strategy_state"] = self.strategy.state()
+            out["errors"] = self.strategy.errors
+        if self.last_error:
+            out["last_error"] = self.last_error
+        return out
