@@ -433,22 +433,25 @@ async def test_operator_stream_with_first_frame_auth_sends_fleet_and_changes(
         assert first["type"] == "fleet"
         assert "kyiv" in [loc["name"] for loc in first["fleet"]["locations"]]
 
+        await asyncio.wait_for(manager.stream_opened.wait(), 10)
         manager.workers = [worker_view("kyiv-b-9", WorkerKind.BROKER)]
         manager.pending_events = [{"ts": 2.0, "event": "checked_in", "worker_id": "kyiv-b-9"}]
         await manager.push()
         saw_worker = saw_event = False
-        while not (saw_worker and saw_event):
-            frame = await ws.receive_json(timeout=5)
-            if frame["type"] == "fleet":
-                saw_worker = saw_worker or any(
-                    w["id"] == "kyiv-b-9" for loc in frame["fleet"]["locations"]
-                    for m in loc["managers"] for w in m["workers"])
-            elif frame["type"] == "events":
-                saw_event = saw_event or any(e.get("worker_id") == "kyiv-b-9"
-                                             for e in frame["events"])
+        async with asyncio.timeout(15):
+            while not (saw_worker and saw_event):
+                frame = await ws.receive_json(timeout=5)
+                if frame["type"] == "fleet":
+                    saw_worker = saw_worker or any(
+                        w["id"] == "kyiv-b-9" for loc in frame["fleet"]["locations"]
+                        for m in loc["managers"] for w in m["workers"])
+                elif frame["type"] == "events":
+                    saw_event = saw_event or any(e.get("worker_id") == "kyiv-b-9"
+                                                 for e in frame["events"])
         await ws.send_str("{oops")
-        while (frame := await ws.receive_json(timeout=5))["type"] != "error":
-            pass
+        async with asyncio.timeout(15):
+            while (frame := await ws.receive_json(timeout=5))["type"] != "error":
+                pass
         assert frame["code"] == "bad_json"
 
 

@@ -192,10 +192,14 @@ class FakeManager:
         self.stream_opened = asyncio.Event()
 
     async def push(self) -> None:
+        open_streams = [ws for ws in self._streams if not ws.closed]
+        if not open_streams:
+            # Keep pending events for the first stream: a heartbeat before the
+            # InfrastructureManager has connected must not swallow them.
+            return
         frame = self.snapshot()
-        for ws in list(self._streams):
-            if not ws.closed:
-                await ws.send_bytes(frame)
+        for ws in open_streams:
+            await ws.send_bytes(frame)
 
     async def _beat(self) -> None:
         while True:
