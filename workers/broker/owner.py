@@ -34,6 +34,7 @@ stops at once — no venue call, no event — and tells the outbox, which closes
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,7 @@ from workers.broker.reconcile import (
     reconcile,
 )
 from workers.broker.risk import manager as risk
+from workers.broker.risk import records as risk_records
 from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.records import RISK_RECORD, OrderRefused
 from workers.broker.rules import RuleViolation, check_modify, check_new_order
@@ -120,6 +122,7 @@ CLOCK_TICK_S = 1.0
 EQUITY_EVERY_TICKS = 10
 FIRST_PRICE_WAIT_S = 2.0
 RISK_WATCH_CHANNELS = (Channel.TICKER, Channel.TRADES)
+RECENT_FILLS = 50  # fills kept for the operator views (`info()["recent_fills"]`)
 NO_SESSION = "position-manager"  # requester of orders the manager places for no session
 
 
@@ -189,6 +192,7 @@ class AccountOwner:
         max_resend_age_ns: int = DEFAULT_MAX_RESEND_AGE_NS,
         connect_timeout_s: float = 15.0,
         limits: RiskLimits | None = None,
+        on_notable: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.account = account
         self.worker_id = worker_id
@@ -222,6 +226,11 @@ class AccountOwner:
         # Why the position manager cancelled an order (kill switch, exit): the venue only
         # says "requested", the algo should hear the real reason.
         self._cancel_reasons: dict[str, CancelReason] = {}
+        # What an operator wants in the event log (risk refusals, exits, kill switch, venue
+        # resyncs): one dict per event, handed to the worker, which sends it up its pipe.
+        self._on_notable = on_notable
+        self.recent_fills: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=RECENT_FILLS)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -354,6 +363,25 @@ class AccountOwner:
                 session = record.get("session_id")
             if isinstance(session, str):
                 self._customers[session] = entry.payload["customer"]
+
+    def _notable(self, event: str, message: str, **detail: Any) -> None:
+        if self._on_notable is None:
+            return
+        try:
+            self._on_notable({"event": event, "account": self.account, "message": message,
+                              **detail})
+        except Exception:  # noqa: BLE001 - the event log must never stop trading
+            self._log.exception("notable_event_dropped", event=event)
+
+    def _note_fill(self, event: OrderEvent, customer: str | None) -> None:
+        fill = getattr(event, "fill", None)
+        if fill is None:
+            return
+        self.recent_fills.appendleft({
+            "ts": fill.ts, "fill_id": fill.fill_id, "client_order_id": fill.client_order_id,
+            "instrument": fill.instrument, "side": fill.side.value, "qty": str(fill.qty),
+            "price": str(fill.price), "fee": str(fill.fee), "fee_currency": fill.fee_currency,
+            "liquidity": fill.liquidity.value, "customer": customer})
 
     def replay(self, session_id: str, after_seq: int) -> bytes:
         """The encoded `replayed` frame: the session's order events after `after_seq`."""
@@ -519,6 +547,7 @@ class AccountOwner:
                                          self.book.session_of(item.client_order_id))
                     journaled = (item, entry)
                     for_risk.append(item)
+                    self._note_fill(item, self.book.customer_of(item.client_order_id))
             elif isinstance(effect, Emit):
                 if journaled is not None and journaled[0] is effect.event:
                     event, entry = journaled
@@ -679,6 +708,7 @@ class AccountOwner:
                 self.state = OwnerState.VENUE_DOWN
                 self._ready.clear()
                 self._log.warning("venue_connection_lost", reason=change.reason)
+                self._notable("venue_down", f"venue connection lost: {change.reason}")
                 self._outbox.resync(f"venue connection lost: {change.reason}")
             return
         self._ready.clear()
@@ -693,6 +723,8 @@ class AccountOwner:
         self.state = OwnerState.READY
         self.error = None
         self._ready.set()
+        self._notable("venue_resync", "venue connection restored; order state reconciled",
+                      reconcile=self.last_reconcile)
         self._outbox.resync("venue connection restored; order state reconciled")
 
     # ------------------------------------------------------------ reconciliation
@@ -791,6 +823,7 @@ class AccountOwner:
                                             "record": record.model_dump(mode="json")}, stamped)
                 if isinstance(record, OrderRefused):
                     refused_entries[record.order.client_order_id] = entry
+                self._notable_record(record, who)
         for effect in effects:
             if isinstance(effect, risk.SubmitOrder):
                 await self._submit(effect.order, self._requester_for(effect.session_id,
@@ -821,6 +854,30 @@ class AccountOwner:
             elif isinstance(effect, risk.Alert):
                 self._log.error("exit_needs_operator", plan_id=effect.plan_id,
                                 alert=effect.message)
+
+    def _notable_record(self, record: Any, customer: str | None) -> None:
+        """The position manager's decisions an operator wants in the event log."""
+        if isinstance(record, OrderRefused):
+            self._notable("risk_rejected", record.message, code=record.code.value,
+                          client_order_id=record.order.client_order_id,
+                          instrument=record.order.instrument, customer=customer)
+        elif isinstance(record, risk_records.SignalRefused):
+            self._notable("signal_rejected", record.message, code=record.code.value,
+                          signal_id=record.signal.signal_id,
+                          instrument=record.signal.instrument, customer=customer)
+        elif isinstance(record, risk_records.ModifyRefused):
+            self._notable("risk_rejected", record.message, code=record.code.value,
+                          client_order_id=record.modify.client_order_id, customer=customer)
+        elif isinstance(record, risk_records.ExitTriggered):
+            price = "" if record.price is None else f" at {record.price}"
+            self._notable("exit_fired", f"{record.kind.value} exit fired{price}, closing "
+                          f"{record.position_qty}", plan_id=record.plan_id,
+                          kind=record.kind.value)
+        elif isinstance(record, risk_records.KillSwitchChanged):
+            state = "engaged" if record.active else "cleared"
+            self._notable("kill_switch", f"kill switch {state} by {record.by}"
+                          + (f": {record.reason}" if record.reason else ""),
+                          active=record.active, scope=record.scope.value)
 
     def _requester_for(self, session_id: str | None, requester: _Requester | None
                        ) -> _Requester:
@@ -963,6 +1020,7 @@ class AccountOwner:
             "orders": self.book.orders,
             "fills": self.book.fills,
             "positions": {k: str(v) for k, v in sorted(self.book.positions().items())},
+            "recent_fills": list(self.recent_fills),
             **self.risk_info(),
         }
         if self.error:

@@ -28,6 +28,9 @@ from workers.broker.adapters.base import (
 from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
 from workers.broker.owner import AccountOwner, OwnerError, OwnerState
+from workers.broker.risk import manager as risk
+from workers.broker.risk.limits import RiskLimits
+from workers.broker.risk.records import KillScope
 from workers.broker.streams import StreamKey
 
 D = Decimal
@@ -484,3 +487,38 @@ async def test_a_journal_that_cannot_be_read_refuses_the_account(owners: Owners)
         db.execute("UPDATE entries SET payload = '{\"msg\": {}}' WHERE kind = 'request'")
     with pytest.raises(OwnerError, match="cannot take account acct"):
         await owners.open(2)
+
+
+# ---------------------------------------------------------------- operator views
+
+
+async def test_fills_risk_refusals_kill_switch_and_resyncs_reach_the_operator(
+        owners: Owners, counterparty: PaperAdapter) -> None:
+    notable: list[dict[str, Any]] = []
+    owner, outbox = await owners.open(
+        1, on_notable=notable.append,
+        limits=RiskLimits(max_order_notional=D("100000")))
+    await owner.route("s1", "cust", new_order("c1", qty="1"))
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 1)
+    await counterparty.place_order(cross("x1", qty="0.4"))
+    await outbox.wait_for(lambda: len(outbox.order_events()) == 2)
+    [fill] = owner.info()["recent_fills"]
+    assert (fill["client_order_id"], fill["side"], fill["qty"], fill["price"],
+            fill["customer"]) == ("c1", "sell", "0.4", "30000", "cust")
+
+    await owner.route("s1", "cust", new_order("big", qty="10"))  # 300,000 > 100,000
+    await outbox.wait_for(lambda: any(n["event"] == "risk_rejected" for n in notable))
+    refused = next(n for n in notable if n["event"] == "risk_rejected")
+    assert refused["code"] == "risk_order_notional" and refused["client_order_id"] == "big"
+    assert refused["account"] == "acct" and "max_order_notional 100,000.00" in refused["message"]
+
+    await owner.operator_risk(risk.KillSwitch(True, KillScope.ACCOUNT, "drill", "op"))
+    switched = [n for n in notable if n["event"] == "kill_switch"]
+    assert switched and switched[0]["active"] is True and "drill" in switched[0]["message"]
+
+    adapter = owners.adapters[0]
+    adapter.drop()
+    await outbox.wait_for(lambda: len(outbox.resyncs) == 1)
+    adapter.restore()
+    await outbox.wait_for(lambda: len(outbox.resyncs) == 2)
+    assert [n["event"] for n in notable][-2:] == ["venue_down", "venue_resync"]
