@@ -405,6 +405,41 @@ async def test_a_dropped_stream_is_reported_reopened_and_resynced(
     assert state is not None and state.status is OrderStatus.FILLED
 
 
+async def test_an_operator_steers_the_price_through_a_level(
+    exchange: Exchange, connect: Callable[..., Any]
+) -> None:
+    adapter = await connect("steered")
+    events = Events(adapter)
+    bid, ask = await top_of_book(adapter, events)
+    target = ((bid + ask) / 2 - 500).quantize(TICK)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        async with http.post(exchange.url + "/v1/admin/steer",
+                             json={"instrument": "BTC/USD", "price": str(target),
+                                   "ticks_per_step": 1000}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["target"] == str(target)
+        # The walk gets there step by step: the quotes follow the mid down to the target.
+        ticker = await events.until(
+            lambda e: isinstance(e, Ticker) and e.ask is not None and e.ask <= target + 10 * TICK,
+            timeout=10)
+        assert isinstance(ticker, Ticker) and ticker.bid is not None and ticker.bid < target
+        for body, status, code in [
+            ({"instrument": "NOPE/USD", "price": "1"}, 400, "unknown_instrument"),
+            ({"instrument": "BTC/USD", "price": "abc"}, 400, "invalid_field"),
+            ({"instrument": "BTC/USD", "price": "-1"}, 400, "invalid_field"),
+            ({"price": "1"}, 400, "missing_field"),
+            ({"instrument": "BTC/USD", "price": "1", "ticks_per_step": 0}, 400, "invalid_field"),
+            ({"instrument": "BTC/USD", "price": "0.1"}, 409, "invalid_field"),
+        ]:
+            async with http.post(exchange.url + "/v1/admin/steer", json=body) as resp:
+                assert resp.status == status, body
+                assert (await resp.json())["error"]["code"] == code, body
+    async with aiohttp.ClientSession() as anonymous, anonymous.post(
+            exchange.url + "/v1/admin/steer", json={"instrument": "BTC/USD", "price": "1"}
+    ) as resp:
+        assert resp.status == 401
+
+
 async def test_orders_outlive_the_client_and_a_new_client_takes_them_over(
     connect: Callable[..., Any],
 ) -> None:

@@ -163,6 +163,17 @@ class PaperVenue:
             )
             raise
 
+    def steer(self, instrument: str, target: Decimal, ticks_per_step: int = 1) -> Decimal:
+        """Walk an instrument's price to `target` (see `RandomWalkMarket.steer`). Raises
+        `ValueError` when the market is a replay, `KeyError` for an unknown instrument."""
+        if self._walk is None:
+            raise ValueError("the market is a replay: its prices come from the recording")
+        return self._walk.steer(instrument, target, ticks_per_step)
+
+    def mid(self, instrument: str) -> Decimal | None:
+        """The random walk's mid price now (None for a replayed market)."""
+        return None if self._walk is None else self._walk.mid(instrument)
+
     def step(self) -> list[EngineEvent]:
         """Advance the market once (one walk step, or the replay up to now) and deliver."""
         if self._walk is not None:

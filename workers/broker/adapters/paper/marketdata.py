@@ -51,6 +51,9 @@ class _WalkState:
     config: PaperInstrument
     mid_ticks: int
     quotes: dict[tuple[Side, int], str] = field(default_factory=dict)  # level → client id
+    # An operator's target (a drill, a test): the mid walks there, `steer_ticks` per step.
+    target_ticks: int | None = None
+    steer_ticks: int = 1
 
 
 class RandomWalkMarket:
@@ -80,10 +83,35 @@ class RandomWalkMarket:
 
     def mid(self, instrument: str) -> Decimal:
         """The walk's current mid price."""
+        state = self._state(instrument)
+        return state.mid_ticks * state.config.tick_size
+
+    def steer(self, instrument: str, target: Decimal, ticks_per_step: int = 1) -> Decimal:
+        """Walk `instrument`'s mid to `target` (rounded to a tick), at most `ticks_per_step`
+        ticks per step, in place of the random moves until it gets there. Returns the target
+        as it will be reached. Raises `KeyError` for an unknown instrument, `ValueError` for
+        a target the ladder cannot sit at (the whole book must stay at positive prices)."""
+        if ticks_per_step < 1:
+            raise ValueError("ticks_per_step must be at least 1")
+        state = self._state(instrument)
+        ticks = int(target / state.config.tick_size)
+        if ticks < self._floor(state):
+            raise ValueError(f"target {target} is too low for {instrument}'s ladder "
+                             f"(lowest mid {self._floor(state) * state.config.tick_size})")
+        state.target_ticks = ticks
+        state.steer_ticks = ticks_per_step
+        return ticks * state.config.tick_size
+
+    def _state(self, instrument: str) -> _WalkState:
         for state in self._states:
             if state.config.instrument == instrument:
-                return state.mid_ticks * state.config.tick_size
+                return state
         raise KeyError(instrument)
+
+    @staticmethod
+    def _floor(state: _WalkState) -> int:
+        config = state.config
+        return config.spread_ticks + config.depth_levels * config.level_gap_ticks + 1
 
     def step(self) -> list[EngineEvent]:
         """Advance every instrument by one step; return what the engine reported."""
@@ -99,12 +127,17 @@ class RandomWalkMarket:
         return events
 
     def _move(self, state: _WalkState) -> None:
+        if state.target_ticks is not None:
+            gap = state.target_ticks - state.mid_ticks
+            state.mid_ticks += max(-state.steer_ticks, min(state.steer_ticks, gap))
+            if state.mid_ticks == state.target_ticks:
+                state.target_ticks = None
+            return
         config = state.config
         sigma_ticks = config.volatility * state.mid_ticks
         move = round(self._rng.gauss(0.0, sigma_ticks)) if sigma_ticks > 0 else 0
         # Keep the whole ladder at positive prices whatever the walk does.
-        floor = config.spread_ticks + config.depth_levels * config.level_gap_ticks + 1
-        state.mid_ticks = max(floor, state.mid_ticks + move)
+        state.mid_ticks = max(self._floor(state), state.mid_ticks + move)
 
     def _ladder(self, state: _WalkState) -> list[tuple[Side, int]]:
         config = state.config

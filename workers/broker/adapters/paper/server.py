@@ -53,6 +53,12 @@ REST:
     POST   /v1/admin/drop-streams   body {"account"?}
         200 {"closed": n}    closes that account's streams (all streams without `account`)
                              with 1012: fault injection for tests and chaos drills
+    POST   /v1/admin/steer   body {"instrument", "price", "ticks_per_step"? (1)}
+        200 {"instrument", "target", "mid"}  the random walk moves the mid to `price` (on the
+                             tick grid), at most ticks_per_step ticks per market step, then
+                             walks on from there: drills and tests of price-driven exits
+        400 unknown_instrument | invalid_field; 409 invalid_field (a replayed market, or a
+        target the book's ladder cannot sit at)
 
 WebSocket `GET /v1/stream?account=A`:
 
@@ -91,6 +97,7 @@ import os
 import socket
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -384,6 +391,36 @@ async def drop_streams(request: web.Request) -> web.Response:
     return json_response({"closed": len(targets)})
 
 
+async def steer_price(request: web.Request) -> web.Response:
+    _authorize(request)
+    body = await _json_body(request)
+    instrument = body.get("instrument")
+    if not isinstance(instrument, str):
+        raise ApiError(400, ErrorCode.MISSING_FIELD if instrument is None
+                       else ErrorCode.INVALID_FIELD, "instrument must be a string", "instrument")
+    try:
+        target = Decimal(str(body.get("price")))
+    except (InvalidOperation, ValueError):
+        raise ApiError(400, ErrorCode.INVALID_FIELD, "price must be a decimal string",
+                       "price") from None
+    if not target.is_finite() or target <= 0:
+        raise ApiError(400, ErrorCode.INVALID_FIELD, "price must be positive", "price")
+    per_step = body.get("ticks_per_step", 1)
+    if not isinstance(per_step, int) or isinstance(per_step, bool) or not 1 <= per_step <= 10_000:
+        raise ApiError(400, ErrorCode.INVALID_FIELD,
+                       "ticks_per_step must be an integer from 1 to 10000", "ticks_per_step")
+    venue = request.app[VENUE]
+    try:
+        reached = venue.steer(instrument, target, per_step)
+    except KeyError:
+        raise ApiError(400, ErrorCode.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument}",
+                       "instrument") from None
+    except ValueError as exc:
+        raise ApiError(409, ErrorCode.INVALID_FIELD, str(exc), "price") from None
+    return json_response({"instrument": instrument, "target": str(reached),
+                          "mid": str(venue.mid(instrument))})
+
+
 # ---------------------------------------------------------------- the stream
 
 
@@ -578,6 +615,7 @@ def create_app(
     app.router.add_get(prefix + "/fills", list_fills)
     app.router.add_get(prefix + "/ledger", get_ledger)
     app.router.add_post(wire.API + "/admin/drop-streams", drop_streams)
+    app.router.add_post(wire.API + "/admin/steer", steer_price)
     app.router.add_get(wire.API + "/stream", stream)
     return app
 
