@@ -500,6 +500,63 @@ async def test_bad_stream_requests_get_coded_errors_and_the_stream_stays_up(
         assert closed.type is aiohttp.WSMsgType.CLOSE and closed.data == 1009
 
 
+async def test_orders_go_over_the_stream_with_the_rest_codes(exchange: Exchange) -> None:
+    far = "1000.0"  # a bid far under the market: it rests
+    frames: list[dict[str, Any]] = [
+        {"op": "place", "id": 1, "order": {"client_order_id": "ws-1", "instrument": "BTC/USD",
+                                           "side": "buy", "qty": "0.001", "price": far}},
+        {"op": "place", "id": 2, "order": {"client_order_id": "ws-1", "instrument": "BTC/USD",
+                                           "side": "buy", "qty": "0.001", "price": far}},
+        {"op": "modify", "id": 3, "client_order_id": "ws-1", "price": "1001.0"},
+        {"op": "cancel", "id": 4, "client_order_id": "ws-1"},
+        {"op": "cancel", "id": 5, "client_order_id": "ws-1"},
+        {"op": "cancel", "id": 6, "client_order_id": "nobody"},
+        {"op": "place", "id": 7, "order": {"client_order_id": "ws-2", "instrument": "BTC/USD",
+                                           "side": "buy", "qty": "0.001", "price": "1000.05"}},
+        {"op": "place", "id": 8, "order": {"client_order_id": "ws-3", "instrument": "BTC/USD",
+                                           "side": "buy", "qty": "-1", "price": far}},
+        {"op": "place", "id": 9},
+        {"op": "modify", "id": 10, "client_order_id": "ws-1"},
+        {"op": "place", "id": 11, "order": {"client_order_id": "ws-4", "account": "someone",
+                                            "instrument": "BTC/USD", "side": "buy",
+                                            "qty": "0.001", "price": far}},
+    ]
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+        http.ws_connect(exchange.url + "/v1/stream", params={"account": "ws-trader"}) as ws,
+    ):
+        async def receive() -> dict[str, Any]:
+            msg = await ws.receive(timeout=5)
+            assert msg.type is aiohttp.WSMsgType.BINARY, msg
+            return json.loads(msg.data)  # type: ignore[no-any-return]
+
+        assert (await receive())["type"] == "hello"
+        replies = []
+        async with asyncio.timeout(20):
+            for frame in frames:
+                await ws.send_json(frame)
+                while (reply := await receive())["type"] == "events":
+                    pass  # this account's order events
+                replies.append(reply)
+        summary = [(r["id"], r["type"], r.get("created"), r.get("order", {}).get("status"),
+                    r.get("error", {}).get("code")) for r in replies]
+        assert summary == [
+            (1, "order", True, "accepted", None),
+            (2, "order", False, "accepted", None),
+            (3, "order", False, "accepted", None),
+            (4, "order", False, "cancelled", None),
+            (5, "error", None, None, "order_not_cancellable"),
+            (6, "error", None, None, "order_not_found"),
+            (7, "error", None, None, "price_off_tick"),
+            (8, "error", None, None, "invalid_field"),
+            (9, "error", None, None, "missing_field"),
+            (10, "error", None, None, "invalid_field"),
+            (11, "error", None, None, "invalid_field"),
+        ]
+        assert replies[2]["order"]["price"] == "1001.0"
+        assert replies[6]["error"]["field"] == "price"
+
+
 async def test_a_killed_exchange_makes_calls_retryable_and_the_stream_report_it(
     tmp_path: Path,
 ) -> None:

@@ -1,8 +1,10 @@
 """`RemotePaperAdapter`: one account's session with the paper exchange process.
 
 The exchange runs as its own process (`workers.broker.adapters.paper.server`, whose docstring
-is the protocol). This adapter speaks that protocol with aiohttp: orders and account queries
-over REST, market data and order events over one WebSocket stream.
+is the protocol). This adapter speaks that protocol with aiohttp: market data, order events and order entry
+(place / cancel / modify) over one WebSocket stream; account queries over REST, and order entry
+over REST too while the stream is down (a place that was lost on the stream is re-sent over
+REST with the same client_order_id, which the venue is idempotent on).
 
 The stream is re-opened by this side when it drops, with exponential backoff and jitter.
 `events()` then carries `ConnectionChanged(False)`, and later `ConnectionChanged(True)`
@@ -206,7 +208,14 @@ class ErrorFrame:
     error: ErrorBody
 
 
-StreamFrame = Hello | EventsFrame | AckFrame | ErrorFrame
+@dataclass(frozen=True, slots=True)
+class OrderFrame:
+    id: int | None
+    created: bool
+    order: OrderSnapshot
+
+
+StreamFrame = Hello | EventsFrame | AckFrame | ErrorFrame | OrderFrame
 
 
 def parse_frame(data: str | bytes) -> StreamFrame:
@@ -218,6 +227,9 @@ def parse_frame(data: str | bytes) -> StreamFrame:
             return EventsFrame([wire.VENUE_EVENT.validate_python(e) for e in frame["events"]])
         if kind == "ack":
             return AckFrame(_request_id(frame.get("id")))
+        if kind == "order":
+            return OrderFrame(_request_id(frame.get("id")), bool(frame["created"]),
+                              OrderSnapshot.model_validate(frame["order"]))
         if kind == "error":
             return ErrorFrame(
                 _request_id(frame.get("id")), ErrorBody.model_validate(frame["error"])
@@ -289,7 +301,7 @@ class RemotePaperAdapter(Adapter):
         self._stream_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._subs: dict[StreamKey, None] = {}  # insertion-ordered set
-        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._specs: dict[str, InstrumentSpec] = {}
         self._queue: deque[AdapterEvent] = deque()
@@ -429,15 +441,29 @@ class RemotePaperAdapter(Adapter):
                 client_order_id=cid,
             )
         body = request.model_dump(mode="json", exclude_none=True)
-        data = await self._call(
-            "POST", self._account_path("orders"), body=body, client_order_id=cid
-        )
-        order = self._parse(wire.OrderAnswer, data, "POST orders").order
+        order: OrderSnapshot | None = None
+        if self._stream_usable():
+            try:
+                order = await self._order_op({"op": "place", "order": body}, cid)
+            except RetryableAdapterError as exc:
+                # Lost or unanswered on the stream: the same client_order_id over REST either
+                # places it or finds it placed (the venue is idempotent on it).
+                self._log.info("paper_stream_place_fell_back_to_rest", order_id=cid,
+                               error=str(exc))
+        if order is None:
+            data = await self._call(
+                "POST", self._account_path("orders"), body=body, client_order_id=cid
+            )
+            order = self._parse(wire.OrderAnswer, data, "POST orders").order
         if order.order_id is None:
             raise FatalAdapterError("the paper exchange acknowledged an order without an id")
         return OrderAck(cid, order.order_id, order.ts)
 
     async def cancel_order(self, client_order_id: str, *, order_id: str | None = None) -> None:
+        if self._stream_usable():
+            await self._order_op({"op": "cancel", "client_order_id": client_order_id},
+                                 client_order_id)
+            return
         await self._call(
             "DELETE", self._account_path("orders", client_order_id), client_order_id=client_order_id
         )
@@ -461,6 +487,10 @@ class RemotePaperAdapter(Adapter):
             for name, value in (("qty", qty), ("price", price))
             if value is not None
         }
+        if self._stream_usable():
+            await self._order_op({"op": "modify", "client_order_id": client_order_id, **body},
+                                 client_order_id)
+            return
         await self._call(
             "PATCH",
             self._account_path("orders", client_order_id),
@@ -528,6 +558,38 @@ class RemotePaperAdapter(Adapter):
         if self._session is None:
             raise FatalAdapterError("the paper adapter is not connected; call connect() first")
         return self._session
+
+    def _stream_usable(self) -> bool:
+        """Order ops go over the stream while it is up and being read; otherwise over REST
+        (the reader pauses when `events()` falls behind, and an answer must not wait on the
+        very consumer that is waiting for it)."""
+        return self.connected and self._space.is_set() and self._fatal is None
+
+    async def _order_op(self, request: dict[str, Any], client_order_id: str) -> OrderSnapshot:
+        """One order op over the stream. Raises `OrderRejectedError` (the venue's code) or
+        `RetryableAdapterError` (the stream dropped or the answer did not come in time)."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise _StreamLost("the stream is down")
+        request_id = next(self._ids)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = answer
+        try:
+            async with self._send_lock:
+                await ws.send_bytes(encode({**request, "id": request_id}))
+            frame = await asyncio.wait_for(answer, self._timeout_s)
+        except TimeoutError as exc:
+            raise RetryableAdapterError(
+                f"{request['op']}: no answer within {self._timeout_s}s") from exc
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise _StreamLost(f"{request['op']}: {exc}") from exc
+        except OrderRejectedError as exc:
+            raise OrderRejectedError(exc.code, exc.message,
+                                     client_order_id=client_order_id) from None
+        finally:
+            self._pending.pop(request_id, None)
+        assert isinstance(frame, OrderFrame)
+        return frame.order
 
     async def _call(
         self,
@@ -661,6 +723,8 @@ class RemotePaperAdapter(Adapter):
                 await self._space.wait()
         elif isinstance(frame, AckFrame):
             self._resolve(frame.id, None)
+        elif isinstance(frame, OrderFrame):
+            self._resolve(frame.id, None, frame)
         elif isinstance(frame, ErrorFrame):
             error = OrderRejectedError(frame.error.code, frame.error.message)
             if not self._resolve(frame.id, error):
@@ -705,12 +769,13 @@ class RemotePaperAdapter(Adapter):
         finally:
             self._pending.pop(request_id, None)
 
-    def _resolve(self, request_id: int | None, error: AdapterError | None) -> bool:
+    def _resolve(self, request_id: int | None, error: AdapterError | None,
+                 result: Any = None) -> bool:
         answer = self._pending.pop(request_id, None) if request_id is not None else None
         if answer is None or answer.done():
             return False
         if error is None:
-            answer.set_result(None)
+            answer.set_result(result)
         else:
             answer.set_exception(error)
         return True

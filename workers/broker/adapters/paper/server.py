@@ -200,12 +200,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, ErrorCode.BAD_JSON, str(exc)) from exc
 
 
-def _refusal(exc: OrderRefused) -> ApiError:
-    return ApiError(
-        wire.rejection_status(exc.code), exc.code, exc.message, wire.REJECTION_FIELD.get(exc.code)
-    )
-
-
 def _same_order(existing: OrderSnapshot, request: NewOrder) -> bool:
     """Whether a repeated client_order_id describes the order already known. Only what no
     modify can change is compared, so a resent original intent still matches."""
@@ -235,29 +229,49 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"ready": True})
 
 
-async def place_order(request: web.Request) -> web.Response:
-    _authorize(request)
-    venue = request.app[VENUE]
-    account = _account(request, request.match_info["account"])
-    data = await _json_body(request)
+class OrderProblem(Exception):
+    """An order request refused: status for REST, code/message/field for both transports."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def api_error(self) -> ApiError:
+        return ApiError(self.status, self.code, self.message, self.field)
+
+
+def _problem(exc: OrderRefused) -> OrderProblem:
+    return OrderProblem(wire.rejection_status(exc.code), exc.code, exc.message,
+                        wire.REJECTION_FIELD.get(exc.code))
+
+
+def _invalid(exc: ValidationError) -> OrderProblem:
+    error = validation_error(exc)
+    body = orjson.loads(error.text or "{}").get("error", {})
+    return OrderProblem(400, ErrorCode(body.get("code", ErrorCode.INVALID_FIELD.value)),
+                        body.get("message", "invalid request"), body.get("field"))
+
+
+def submit_order(app: web.Application, account: str, data: dict[str, Any]
+                 ) -> tuple[bool, OrderSnapshot]:
+    """Place one order for `account` (REST and stream share this). Returns (created, the
+    order right after matching); a repeated client_order_id places nothing."""
+    venue = app[VENUE]
     data.setdefault("account", account)
     try:
         order = NewOrder.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc) from exc
+        raise _invalid(exc) from exc
     if order.account != account:
-        raise ApiError(
-            400,
-            ErrorCode.INVALID_FIELD,
-            f"the order names account {order.account!r}, the path {account!r}",
-            "account",
-        )
-    outcomes = request.app[METRICS].orders
+        raise OrderProblem(400, ErrorCode.INVALID_FIELD,
+                           f"the order names account {order.account!r}, the session {account!r}",
+                           "account")
+    outcomes = app[METRICS].orders
     existing = venue.engine.order(account, order.client_order_id)
     if existing is not None:
         if not _same_order(existing, order):
             outcomes.labels("refused").inc()
-            raise ApiError(
+            raise OrderProblem(
                 409,
                 ErrorCode.DUPLICATE_ORDER,
                 f"client_order_id {order.client_order_id!r} already names another order "
@@ -265,42 +279,77 @@ async def place_order(request: web.Request) -> web.Response:
                 "client_order_id",
             )
         outcomes.labels("repeated").inc()
-        return json_response(wire.OrderAnswer(created=False, order=existing))
+        return False, existing
     try:
         venue.submit(order)
     except OrderRefused as exc:
         outcomes.labels("refused").inc()
-        raise _refusal(exc) from exc
+        raise _problem(exc) from exc
     outcomes.labels("created").inc()
-    return _order_answer(venue, account, order.client_order_id, created=True, status=201)
+    return True, _snapshot(venue, account, order.client_order_id)
+
+
+def cancel_order_of(app: web.Application, account: str, client_order_id: str) -> OrderSnapshot:
+    venue = app[VENUE]
+    try:
+        venue.cancel(account, client_order_id)
+    except OrderRefused as exc:
+        raise _problem(exc) from exc
+    return _snapshot(venue, account, client_order_id)
+
+
+def modify_order_of(app: web.Application, account: str, client_order_id: str,
+                    data: dict[str, Any]) -> OrderSnapshot:
+    venue = app[VENUE]
+    try:
+        change = wire.ModifyRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    try:
+        venue.modify(account, client_order_id, change.qty, change.price)
+    except OrderRefused as exc:
+        raise _problem(exc) from exc
+    return _snapshot(venue, account, client_order_id)
+
+
+def _snapshot(venue: PaperVenue, account: str, client_order_id: str) -> OrderSnapshot:
+    snapshot = venue.engine.order(account, client_order_id)
+    assert snapshot is not None  # callers only answer about orders the engine knows
+    return snapshot
+
+
+async def place_order(request: web.Request) -> web.Response:
+    _authorize(request)
+    account = _account(request, request.match_info["account"])
+    data = await _json_body(request)
+    try:
+        created, order = submit_order(request.app, account, data)
+    except OrderProblem as problem:
+        raise problem.api_error() from problem
+    return json_response(wire.OrderAnswer(created=created, order=order),
+                         status=201 if created else 200)
 
 
 async def cancel_order(request: web.Request) -> web.Response:
     _authorize(request)
-    venue = request.app[VENUE]
     account = _account(request, request.match_info["account"])
-    client_order_id = request.match_info["client_order_id"]
     try:
-        venue.cancel(account, client_order_id)
-    except OrderRefused as exc:
-        raise _refusal(exc) from exc
-    return _order_answer(venue, account, client_order_id, created=False)
+        order = cancel_order_of(request.app, account, request.match_info["client_order_id"])
+    except OrderProblem as problem:
+        raise problem.api_error() from problem
+    return json_response(wire.OrderAnswer(created=False, order=order))
 
 
 async def modify_order(request: web.Request) -> web.Response:
     _authorize(request)
-    venue = request.app[VENUE]
     account = _account(request, request.match_info["account"])
-    client_order_id = request.match_info["client_order_id"]
+    data = await _json_body(request)
     try:
-        change = wire.ModifyRequest.model_validate(await _json_body(request))
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
-    try:
-        venue.modify(account, client_order_id, change.qty, change.price)
-    except OrderRefused as exc:
-        raise _refusal(exc) from exc
-    return _order_answer(venue, account, client_order_id, created=False)
+        order = modify_order_of(request.app, account, request.match_info["client_order_id"],
+                                data)
+    except OrderProblem as problem:
+        raise problem.api_error() from problem
+    return json_response(wire.OrderAnswer(created=False, order=order))
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -432,8 +481,10 @@ class StreamConnection:
     _ids = itertools.count(1)
 
     def __init__(
-        self, ws: web.WebSocketResponse, venue: PaperVenue, account: str, metrics: ExchangeMetrics
+        self, ws: web.WebSocketResponse, app: web.Application, account: str
     ) -> None:
+        venue, metrics = app[VENUE], app[METRICS]
+        self._app = app
         self.ws = ws
         self.account = account
         self.id = next(self._ids)
@@ -507,6 +558,9 @@ class StreamConnection:
             data = decode(raw)
             candidate = data.get("id")
             request_id = candidate if isinstance(candidate, int) and candidate >= 0 else None
+            if data.get("op") in wire.ORDER_OPS:
+                await self._on_order_request(data, request_id)
+                return
             request = wire.StreamRequest.model_validate(data)
         except CodecError as exc:
             await self._send(wire.error_frame(None, ErrorCode.BAD_JSON, str(exc)))
@@ -536,6 +590,38 @@ class StreamConnection:
         await self._send(wire.ack_frame(request_id))
 
 
+    async def _on_order_request(self, data: dict[str, Any], request_id: int | None) -> None:
+        """place / cancel / modify over the stream: the same engine calls and answers as the
+        REST endpoints, without an HTTP request per order."""
+        op = data["op"]
+        try:
+            if op == "place":
+                order = data.get("order")
+                if not isinstance(order, dict):
+                    raise OrderProblem(400, ErrorCode.MISSING_FIELD if order is None
+                                       else ErrorCode.INVALID_FIELD,
+                                       "place needs an order object", "order")
+                created, snapshot = submit_order(self._app, self.account, order)
+            else:
+                cid = data.get("client_order_id")
+                if not isinstance(cid, str) or not cid:
+                    raise OrderProblem(400, ErrorCode.MISSING_FIELD if cid is None
+                                       else ErrorCode.INVALID_FIELD,
+                                       f"{op} needs a client_order_id", "client_order_id")
+                created = False
+                if op == "cancel":
+                    snapshot = cancel_order_of(self._app, self.account, cid)
+                else:
+                    change = {k: v for k, v in data.items()
+                              if k not in ("op", "id", "client_order_id")}
+                    snapshot = modify_order_of(self._app, self.account, cid, change)
+        except OrderProblem as problem:
+            await self._send(wire.error_frame(request_id, problem.code, problem.message,
+                                              problem.field))
+            return
+        await self._send(wire.order_frame(request_id, created, snapshot))
+
+
 def stream_request_problem(exc: ValidationError) -> tuple[ErrorCode, str, str | None]:
     """Code, message and field for an invalid stream request (its first problem)."""
     err = exc.errors()[0]
@@ -558,7 +644,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         heartbeat=HEARTBEAT_S, max_msg_size=wire.MAX_STREAM_FRAME, compress=False
     )
     await ws.prepare(request)
-    connection = StreamConnection(ws, app[VENUE], account, app[METRICS])
+    connection = StreamConnection(ws, app, account)
     app[STREAMS].add(connection)
     app[METRICS].streams.inc()
     try:

@@ -121,6 +121,19 @@ VENUE_EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[VenueEvent, Field(discrimi
 """Validates one item of an `events` frame."""
 
 
+ORDER_OPS = frozenset({"place", "cancel", "modify"})
+"""Stream ops that trade (the REST order endpoints without an HTTP request each):
+`{"op": "place", "id", "order": NewOrder}`, `{"op": "cancel", "id", "client_order_id"}`,
+`{"op": "modify", "id", "client_order_id", "qty"?, "price"?}`, answered by `order_frame` or an
+`error` frame with the same codes as REST."""
+
+
+def order_frame(request_id: int | None, created: bool, order: OrderSnapshot) -> bytes:
+    """The answer to an order op: the order's state right after the engine acted."""
+    return (b'{"type":"order","id":' + encode(request_id) + b',"created":'
+            + (b"true" if created else b"false") + b',"order":' + encode(order) + b"}")
+
+
 def hello_frame(account: str, ts: int) -> bytes:
     return encode({"type": "hello", "account": account, "ts": ts})
 
