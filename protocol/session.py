@@ -21,8 +21,12 @@ server → client
     …and market events, order events, fills, positions, balances, open_orders, and the
     answers to signals: signal_accepted, signal_rejected, exit_fired (`protocol.signals`).
 
-Resume: the SDK reconnects with the same session_id and `resume_from_seq` = the last order
-event `seq` it processed; the server replays every later order event in order, then live.
+Resume: the SDK reconnects with the same session_id and `resume_from_seq` = the last `seq` it
+processed; the server replays every later sequenced event in order, then live. Sequenced
+events are the order events and the position manager's signal answers and exits
+(`signal_accepted`, `signal_rejected`, `exit_fired`, and risk refusals as `order_rejected`):
+one per-session counter, gap-free from 1, assigned by the Broker's journal. Answers to
+requests (positions, open orders, errors, the answer to a re-sent signal) carry no `seq`.
 """
 
 from __future__ import annotations

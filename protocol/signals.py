@@ -29,10 +29,19 @@ Client → server:
 Server → client:
 
     signal_accepted {account, signal_id, instrument, target_qty, position_qty,
-                     client_order_id?, side?, qty?, exits?, ts}
-    signal_rejected {account, signal_id, code, message, ts}
+                     client_order_id?, side?, qty?, exits?, seq?, ts}
+    signal_rejected {account, signal_id, code, message, seq?, ts}
     exit_fired      {account, signal_id, instrument, kind, trigger_price?, position_qty,
-                     client_order_id?, close_qty, ts}
+                     client_order_id?, close_qty, seq?, ts}
+
+Sequencing: the first answer to a signal and every `exit_fired` are journaled by the Broker
+before they are sent, and carry the session's `seq` — the same per-session counter as the
+order events, so a session's order events and signal answers form one gap-free run 1, 2, 3…
+`exit_fired` goes to the session that sent the signal, connected or not: a session that
+resumes with `resume_from_seq` gets the answers and exits it missed in the replay, in order
+and once. A signal sent again (same `signal_id`) is answered again with the first outcome
+but without `seq` (the answer to a repeat is not a new event); a `signal_rejected` for a
+signal naming another account is not journaled either and has no `seq`.
 """
 
 from __future__ import annotations
@@ -296,6 +305,12 @@ class SignalAccepted(Frozen):
     side: Side | None = Field(default=None, description="That order's side.")
     qty: Quantity | None = Field(default=None, description="That order's quantity.")
     exits: ExitLevels | None = Field(default=None, description="Exits now held; absent if none.")
+    seq: int | None = Field(
+        default=None,
+        ge=1,
+        description="Per-session sequence number (shared with order events); absent on the "
+        "answer to a repeated signal.",
+    )
     ts: TimestampNs = Field(description="Time of the decision, ns since the epoch.")
 
 
@@ -309,6 +324,12 @@ class SignalRejected(Frozen):
     signal_id: SignalId = Field(description="The signal's id.")
     code: ErrorCode = Field(description="Machine-readable reason.")
     message: str = Field(description="One sentence naming the limit or field and the numbers.")
+    seq: int | None = Field(
+        default=None,
+        ge=1,
+        description="Per-session sequence number (shared with order events); absent on the "
+        "answer to a repeated signal.",
+    )
     ts: TimestampNs = Field(description="Time of the decision, ns since the epoch.")
 
 
@@ -329,6 +350,9 @@ class ExitFired(Frozen):
         default=None, description="The closing order; absent if nothing could be closed yet."
     )
     close_qty: Size = Field(description="Quantity of the closing order (0 if none).")
+    seq: int | None = Field(
+        default=None, ge=1, description="Per-session sequence number (shared with order events)."
+    )
     ts: TimestampNs = Field(description="Time it fired, ns since the epoch.")
 
 

@@ -11,11 +11,14 @@ Works in a script (`asyncio.run`) and in Jupyter (top-level `await`): everything
 the running loop when `connect` is awaited; nothing global.
 
 If the Market worker goes away (crash, drain, network), the client asks the MarketManager to
-resume the session — possibly on another Market worker — presenting the last order-event
-`seq` it processed. The server replays what was missed; the client re-subscribes what the new
-Market did not restore and re-sends orders that were never answered (safe: the
-client_order_id is the idempotency key). Order events are deduplicated by `seq` here too, so
-each reaches `events()` and its handle exactly once.
+resume the session — possibly on another Market worker — presenting the last `seq` it
+processed. The server replays what was missed; the client re-subscribes what the new Market
+did not restore and re-sends orders and signals that were never answered (safe: the
+client_order_id and signal_id are idempotency keys). Order events, signal answers
+(`SignalAccepted`, `SignalRejected`) and fired exits (`ExitFired`) share the session's `seq`
+and are deduplicated by it here too, so each reaches `events()` (and its handle or
+`send_signal` call) exactly once; the answer to a re-sent signal, which has no `seq`,
+completes `send_signal` but is not a second event.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
@@ -79,6 +82,7 @@ DecimalLike = Decimal | int | str
 _ORDER_EVENT_TYPES = tuple(OrderEventTypes.__args__)
 _MARKET_EVENT_TYPES = tuple(MarketEvent.__args__)
 _CLOSE_SUPERSEDED = "superseded"
+_SIGNAL_EVENTS_KEPT = 10_000
 
 StreamKey = tuple[str, str, int | None, str | None]
 
@@ -152,7 +156,8 @@ class MarketClient:
         self.session_id: str | None = None
         self.ws_url: str | None = None
         self.last_seq = 0
-        """Seq of the last order event processed; presented on resume."""
+        """Seq of the last sequenced event processed (order events, signal answers, fired
+        exits share the session's counter); presented on resume."""
         self.reconnects = 0
         self.dropped_market_events = 0
         """Market events dropped because `events()` was not read fast enough."""
@@ -168,6 +173,9 @@ class MarketClient:
         # signal_id → (frame, answer): re-sent after a reconnect until answered (a signal_id
         # is the idempotency key, so a second send changes nothing).
         self._signals: dict[str, tuple[dict[str, Any], asyncio.Future[Any]]] = {}
+        # (kind, signal_id) of the signal answers and exits already in `events()`: the answer
+        # to a re-sent signal repeats the first one without a seq, and is not an event again.
+        self._signal_events: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._queue: deque[ServerEvent] = deque()
         self._queued = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -188,12 +196,16 @@ class MarketClient:
     async def connect(cls, manager_url: str, api_token: str, account: str | None = None, *,
                       policy: ReconnectPolicy | None = None, request_timeout_s: float = 10.0,
                       max_queued_events: int = 100_000, give_up_after_s: float | None = None,
-                      session_id: str | None = None) -> MarketClient:
+                      session_id: str | None = None,
+                      resume_from_seq: int | None = None) -> MarketClient:
         """Open a session through the MarketManager at `manager_url` with an algo API token.
 
         `account` defaults to the customer's first account. `session_id` resumes an existing
-        session (e.g. after the algo process restarted). Reconnection after a drop is
-        automatic; `give_up_after_s` bounds it (default: never give up).
+        session (e.g. after the algo process restarted): the server replays the session's
+        sequenced events — order events, signal answers, fired exits — after
+        `resume_from_seq` (the `last_seq` the algo processed before; default 0, everything).
+        Reconnection after a drop is automatic; `give_up_after_s` bounds it (default: never
+        give up).
         Raises `AuthError` (token refused, account not allowed), `RequestFailed` (request
         refused), `ConnectionLost` (platform unreachable or no Market worker available).
         """
@@ -201,6 +213,12 @@ class MarketClient:
                      request_timeout_s=request_timeout_s, max_queued_events=max_queued_events,
                      give_up_after_s=give_up_after_s)
         client.session_id = session_id
+        if resume_from_seq is not None:
+            if session_id is None:
+                raise ValueError("resume_from_seq needs the session_id of the session to resume")
+            if resume_from_seq < 0:
+                raise ValueError("resume_from_seq must be 0 or more")
+            client.last_seq = resume_from_seq
         try:
             await client._open(resume=session_id is not None)
         except _Reattach as exc:
@@ -615,11 +633,8 @@ class MarketClient:
         if isinstance(event, _MARKET_EVENT_TYPES):
             self._enqueue(event, droppable=True)
         elif isinstance(event, _ORDER_EVENT_TYPES):
-            seq = event.seq
-            if seq is not None:
-                if seq <= self.last_seq:
-                    return  # already processed (a replay overlapping what we had)
-                self.last_seq = seq
+            if not self._take_seq(event.seq):
+                return  # already processed (a replay overlapping what we had)
             self._orders.apply(event)
             self._enqueue(event)
         elif isinstance(event, Fill):
@@ -640,12 +655,20 @@ class MarketClient:
         elif isinstance(event, (PositionsSnapshot, BalancesSnapshot, OpenOrders)):
             self._answer(event.ref, event.type, event)
             self._enqueue(event)
-        elif isinstance(event, (SignalAccepted, SignalRejected)):
-            waiting = self._signals.get(event.signal_id)
-            if waiting is not None and not waiting[1].done():
-                waiting[1].set_result(event)
-            self._enqueue(event)
-        elif isinstance(event, ExitFired):
+        elif isinstance(event, (SignalAccepted, SignalRejected, ExitFired)):
+            if not self._take_seq(event.seq):
+                return
+            if not isinstance(event, ExitFired):
+                waiting = self._signals.get(event.signal_id)
+                if waiting is not None and not waiting[1].done():
+                    waiting[1].set_result(event)
+            key = ("exit_fired" if isinstance(event, ExitFired) else "signal_answer",
+                   event.signal_id)
+            if key in self._signal_events:
+                return
+            self._signal_events[key] = None
+            if len(self._signal_events) > _SIGNAL_EVENTS_KEPT:
+                self._signal_events.popitem(last=False)
             self._enqueue(event)
         elif isinstance(event, Reconnect):
             log.info("the Market asks to reconnect (%s)", event.reason.value)
@@ -654,6 +677,16 @@ class MarketClient:
             await self._send({"type": "pong", "ts": event.ts, "ref": event.ref}
                              if event.ts is not None or event.ref is not None
                              else {"type": "pong"})
+
+    def _take_seq(self, seq: int | None) -> bool:
+        """Advance `last_seq` past a sequenced event; False if it was processed already.
+        Unsequenced events (answers) always pass."""
+        if seq is None:
+            return True
+        if seq <= self.last_seq:
+            return False
+        self.last_seq = seq
+        return True
 
     def _answer(self, ref: str | None, kind: str, event: Any) -> None:
         pending = self._pending.get(ref or "")

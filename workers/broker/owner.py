@@ -17,8 +17,12 @@ new_order and modify_order from a session, and every `signal`, goes through
 `PositionManager.receive` first; the order events the tracker journals, the venue's refusals,
 the account's tickers and trades, its equity and a clock tick (about once a second) are fed to
 it; its decisions are journaled as kind `risk` (`{"customer", "record"}`) before they are acted
-on. A refused order's record carries the session, so the journal stamps the `order_rejected`
-with the session's `seq` (and `replay` repeats it); the tracker's rebuild ignores the kind. On
+on. A record its session is told of — an order refused by risk, a signal's first answer
+(`signal_accepted` / `signal_rejected`), an exit that fired (`exit_fired`, to the session
+that sent the signal) — is journaled under that session, so the journal gives it the
+session's next `seq`, shared with the order events; the message sent carries that `seq`, and
+`replay` rebuilds it from the record (`risk.record_notice`), so a session that was away gets
+it on resume. The tracker's rebuild ignores the kind. On
 open the manager is rebuilt by replaying the journal's `risk`, `event` and `refused` entries,
 then `resume(now)` runs before any request is served.
 
@@ -70,7 +74,6 @@ from protocol.orders import (
     OpenOrders,
     OrderCancelled,
     OrderEvent,
-    OrderRejected,
     PositionsSnapshot,
 )
 from protocol.session import Error, ProtocolError, parse_client_message
@@ -384,16 +387,34 @@ class AccountOwner:
             "liquidity": fill.liquidity.value, "customer": customer})
 
     def replay(self, session_id: str, after_seq: int) -> bytes:
-        """The encoded `replayed` frame: the session's order events after `after_seq`."""
+        """The encoded `replayed` frame: the session's sequenced events after `after_seq` —
+        order events, risk refusals, signal answers and fired exits — in seq order."""
         if self._journal is None:
             raise OwnerStopped(self.error or "the owner has stopped")
-        events = [encode(entries.event_from_entry(e)) if e.kind == entries.EVENT
-                  else encode(_risk_rejection(e))
-                  for e in self._journal.session_entries(session_id, after_seq)
-                  if e.kind == entries.EVENT or e.kind == RISK]
+        events = []
+        for e in self._journal.session_entries(session_id, after_seq):
+            try:
+                if e.kind == entries.EVENT:
+                    events.append(encode(entries.event_from_entry(e)))
+                elif e.kind == RISK:
+                    notice = self._risk_notice(e)
+                    if notice is not None:
+                        events.append(encode(notice))
+            except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the rest
+                self._log.error("replay_entry_unreadable", seq=e.seq, session_id=session_id,
+                                error=repr(exc))
         return (b'{"type":"replayed","session_id":' + orjson.dumps(session_id)
                 + b',"events":[' + b",".join(events) + b'],"last_seq":'
                 + str(self.book.last_seq(session_id)).encode() + b"}")
+
+    def _risk_notice(self, entry: Entry) -> Any:
+        """What a journaled risk record told its session, with the entry's seq (None if the
+        record tells no one)."""
+        record = RISK_RECORD.validate_python(entry.payload["record"])
+        addressed = risk.record_notice(self.account, record)
+        if addressed is None:
+            return None
+        return addressed[1].model_copy(update={"seq": entry.session_seq})
 
     # ------------------------------------------------------------ requests
 
@@ -812,17 +833,21 @@ class AccountOwner:
         """Carry out the position manager's effects. Its journal records are appended first,
         all of them, so nothing it decided is acted on before it is durable."""
         customer = requester.customer if requester is not None else None
-        refused_entries: dict[str, Entry] = {}
+        # A record its session is told of is journaled under that session, so the journal
+        # gives it the session's next seq; the Notify that tells of it carries that seq.
+        seqs: dict[tuple[str, str], int] = {}
         for effect in effects:
             if isinstance(effect, risk.Journal):
                 record = effect.record
                 session = getattr(record, "session_id", None)
                 who = customer or (self._customers.get(session) if session else None)
-                stamped = session if isinstance(record, OrderRefused) else None
+                addressed = risk.record_notice(self.account, record)
+                stamped = addressed[0] if addressed is not None \
+                    and addressed[0] != NO_SESSION else None
                 entry = self._append(RISK, {"customer": who,
                                             "record": record.model_dump(mode="json")}, stamped)
-                if isinstance(record, OrderRefused):
-                    refused_entries[record.order.client_order_id] = entry
+                if addressed is not None and entry.session_seq is not None:
+                    seqs[risk.notice_key(addressed[1])] = entry.session_seq
                 self._notable_record(record, who)
         for effect in effects:
             if isinstance(effect, risk.SubmitOrder):
@@ -838,10 +863,9 @@ class AccountOwner:
                                    self._requester_of_order(effect.modify.client_order_id))
             elif isinstance(effect, risk.Notify):
                 message: Any = effect.message
-                refused = refused_entries.get(getattr(message, "client_order_id", "") or "")
-                if isinstance(message, OrderRejected) and refused is not None \
-                        and refused.session_seq is not None:
-                    message = message.model_copy(update={"seq": refused.session_seq})
+                seq = seqs.get(risk.notice_key(message))
+                if seq is not None:
+                    message = message.model_copy(update={"seq": seq})
                 session = effect.session_id or (requester.session_id if requester else None)
                 if session is not None and session != NO_SESSION:
                     self._outbox.to_session(session, session_frame(session, encode(message)))
@@ -1028,11 +1052,6 @@ class AccountOwner:
         return out
 
 
-def _risk_rejection(entry: Entry) -> OrderRejected:
-    """The `order_rejected` a journaled risk refusal told its session, with its seq."""
-    record = RISK_RECORD.validate_python(entry.payload["record"])
-    assert isinstance(record, OrderRefused)
-    return risk.rejection_notice(record).model_copy(update={"seq": entry.session_seq})
 
 
 def _summary(plan: ReconcilePlan, stage: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import orjson
+
 from protocol.orders import NewOrder
 from tests.unit.broker.test_owner import (  # noqa: F401 - fixtures
     Owners,
@@ -108,3 +110,44 @@ async def test_two_sessions_of_one_customer_share_the_limits(owners: Owners) -> 
     refused = outbox.order_events("s2")
     assert types(refused) == ["order_rejected"] and refused[0]["seq"] == 1
     assert refused[0]["reason"] == "risk_position_size"
+
+
+async def test_signal_answers_and_exits_share_the_session_seq_and_come_back_on_replay(
+        owners: Owners, counterparty: PaperAdapter) -> None:
+    owner, outbox = await owners.open(1)
+    await counterparty.place_order(order("other", "ask", "sell", "1", "30000"))
+    await counterparty.place_order(order("other", "bid", "buy", "1", "29400"))
+    # Refused by the position manager (the venue lists no ETH/USD): journaled, sequenced.
+    await owner.route("s1", "cust", {**signal("sig0", direction="long", qty="1"),
+                                     "instrument": "ETH/USD"})
+    await owner.route("s1", "cust", signal("sig1", direction="long", qty="0.4",
+                                           stop_loss="29300", take_profit="31000"))
+    await outbox.wait_for(lambda: owner.book.positions() == {"BTC/USD": D("0.4")})
+    entry_filled = max(e["seq"] for e in outbox.order_events())
+    await counterparty.cancel_order("bid")
+    await counterparty.place_order(order("other", "bid2", "buy", "1", "29000"))
+    await outbox.wait_for(lambda: owner.book.positions() == {})
+    await outbox.wait_for(lambda: types(outbox.order_events())[-1] == "order_filled")
+    live = outbox.order_events()
+    assert [e["seq"] for e in live] == list(range(1, len(live) + 1))  # one gap-free run
+    assert types(live)[:2] == ["signal_rejected", "signal_accepted"]
+    assert live[0]["code"] == "unknown_instrument"
+    assert types(live).count("exit_fired") == 1
+    fired = next(e for e in live if e["type"] == "exit_fired")
+    assert fired["kind"] == "stop_loss" and fired["seq"] > entry_filled
+    # A repeated signal is answered with the first outcome, unsequenced (not a new event).
+    await owner.route("s1", "cust", signal("sig1", direction="long", qty="0.4",
+                                           stop_loss="29300", take_profit="31000"))
+    repeat = outbox.events()[-1]
+    assert repeat["type"] == "signal_accepted" and "seq" not in repeat
+    assert {k: v for k, v in live[1].items() if k != "seq"} == repeat
+    # Replay after the entry's fill: the exit and its closing order, nothing earlier.
+    replayed = orjson.loads(owner.replay("s1", entry_filled))
+    assert replayed["events"] == live[entry_filled:]
+    assert replayed["last_seq"] == len(live)
+    # A replacement owner (kill -9 of the first) replays the same, from the journal alone.
+    await owner.close()
+    second, _ = await owners.open(2)
+    assert orjson.loads(second.replay("s1", 0))["events"] == live
+    assert [(k, s) for k, s, q, p in owners.journal()
+            if k == "risk" and p["record"]["record"] == "exit_triggered"] == [("risk", "s1")]

@@ -33,6 +33,12 @@ Effects, in the order to carry them out:
                                 answer a request with an `error` frame; nothing was journaled
     Alert(message, plan_id)     an exit needs a human (it could not close the position)
 
+Notices a session must not miss — an order refusal, a signal's first answer, an exit that
+fired — follow the `Journal` of the record they tell of; `record_notice(account, record)`
+rebuilds each from its record alone (session and message), so the shell journals the record
+under that session (giving it the session's `seq`), stamps the `Notify` it pairs with
+(`notice_key`) and replays it after a resume. Answers to repeats are not journaled.
+
 Guarantees:
 * No accepted order or signal can take the account past a limit, whatever subset of its
   working orders fills (see `limits`); a kill switch refuses every new order and signal and
@@ -87,6 +93,7 @@ from protocol.orders import (
 from protocol.signals import (
     ExitFired,
     ExitKind,
+    ExitLevels,
     Signal,
     SignalAccepted,
     SignalRejected,
@@ -612,29 +619,7 @@ class PositionManager:
     def _signal_notice(
         self, record: SignalAdopted | SignalRefused
     ) -> SignalAccepted | SignalRejected:
-        signal = record.signal
-        if isinstance(record, SignalRefused):
-            return SignalRejected(
-                account=signal.account,
-                signal_id=signal.signal_id,
-                code=record.code,
-                message=record.message,
-                ts=record.at,
-            )
-        plan = self.exits.get(signal.signal_id)
-        order = record.order
-        return SignalAccepted(
-            account=signal.account,
-            signal_id=signal.signal_id,
-            instrument=signal.instrument,
-            target_qty=record.target_qty,
-            position_qty=record.position_qty,
-            client_order_id=None if order is None else order.client_order_id,
-            side=None if order is None else order.side,
-            qty=None if order is None else order.qty,
-            exits=plan.levels() if plan is not None and plan.side is not None else None,
-            ts=record.at,
-        )
+        return signal_notice(record)
 
     # ------------------------------------------------------------ exits
 
@@ -688,6 +673,8 @@ class PositionManager:
         record = ExitTriggered(
             plan_id=plan.plan_id,
             kind=kind,
+            instrument=instrument,
+            session_id=plan.session_id,
             price=price,
             position_qty=position,
             cancel=cancel,
@@ -698,18 +685,7 @@ class PositionManager:
         effects += [SubmitCancel(cid, CancelReason.RISK) for cid in cancel]
         if close is not None:
             effects.append(SubmitOrder(close, plan.session_id))
-        notice = ExitFired(
-            account=self.account,
-            signal_id=plan.plan_id,
-            instrument=instrument,
-            kind=kind,
-            trigger_price=price,
-            position_qty=position,
-            client_order_id=None if close is None else close.client_order_id,
-            close_qty=ZERO if close is None else close.qty,
-            ts=now,
-        )
-        return effects + [Notify(notice, plan.session_id)]
+        return effects + [Notify(exit_notice(self.account, record, instrument), plan.session_id)]
 
     def _drive_close(self, plan: ExitPlan, now: int) -> list[Effect]:
         instrument = plan.instrument
@@ -937,6 +913,83 @@ class PositionManager:
                 self.exits.retire(plan, "the position was closed")
         elif not any(self._working(cid) for cid in (*plan.cancel_orders, *plan.close_orders)):
             self.exits.retire(plan, "closed" if plan.fired is not None else "flat")
+
+
+def signal_notice(record: SignalAdopted | SignalRefused) -> SignalAccepted | SignalRejected:
+    """The answer a signal's record gives, from the record alone: the same live, to a
+    repeated signal_id and in a replay."""
+    signal = record.signal
+    if isinstance(record, SignalRefused):
+        return SignalRejected(
+            account=signal.account,
+            signal_id=signal.signal_id,
+            code=record.code,
+            message=record.message,
+            ts=record.at,
+        )
+    order = record.order
+    holds_exits = record.target_qty != 0 and signal.has_exits
+    return SignalAccepted(
+        account=signal.account,
+        signal_id=signal.signal_id,
+        instrument=signal.instrument,
+        target_qty=record.target_qty,
+        position_qty=record.position_qty,
+        client_order_id=None if order is None else order.client_order_id,
+        side=None if order is None else order.side,
+        qty=None if order is None else order.qty,
+        exits=ExitLevels(
+            stop_loss=signal.stop_loss,
+            take_profit=signal.take_profit,
+            trailing_distance=signal.trailing_distance,
+            time_exit_at=signal.time_exit_at,
+        )
+        if holds_exits
+        else None,
+        ts=record.at,
+    )
+
+
+def exit_notice(account: str, record: ExitTriggered, instrument: str) -> ExitFired:
+    """The `exit_fired` an `ExitTriggered` record tells the signal's session."""
+    close = record.close
+    return ExitFired(
+        account=account,
+        signal_id=record.plan_id,
+        instrument=instrument,
+        kind=record.kind,
+        trigger_price=record.price,
+        position_qty=record.position_qty,
+        client_order_id=None if close is None else close.client_order_id,
+        close_qty=ZERO if close is None else close.qty,
+        ts=record.at,
+    )
+
+
+def record_notice(account: str, record: RiskRecord) -> tuple[str, Notice] | None:
+    """(session, message) when `record` is a decision its session is told of as an event:
+    an order refusal, a signal's first answer, an exit that fired. The shell journals such
+    a record under that session (which numbers it with the session's `seq`) and rebuilds
+    the message from the record to replay it. None for the other records, and for those
+    with no session (or, for an exit journaled before records named their instrument)."""
+    session = getattr(record, "session_id", None)
+    if session is None:
+        return None
+    if isinstance(record, OrderRefused):
+        return session, rejection_notice(record)
+    if isinstance(record, SignalAdopted | SignalRefused):
+        return session, signal_notice(record)
+    if isinstance(record, ExitTriggered) and record.instrument is not None:
+        return session, exit_notice(account, record, record.instrument)
+    return None
+
+
+def notice_key(message: Notice) -> tuple[str, str]:
+    """What pairs a `Notify` with the journaled record it tells of: (type, order or signal
+    id). Unique within one call's effects."""
+    ident = getattr(message, "client_order_id", None) if isinstance(
+        message, OrderRejected | OrderSnapshot) else message.signal_id
+    return message.type, ident or ""
 
 
 def rejection_notice(record: OrderRefused) -> OrderRejected:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter
 
 from protocol.errors import ErrorCode
-from protocol.market import Frozen, Money, Price, TimestampNs
+from protocol.market import Frozen, Instrument, Money, Price, TimestampNs
 from protocol.orders import ModifyOrder, NewOrder
 from protocol.signals import ExitKind, Signal
 from workers.broker.risk.limits import RiskLimits
@@ -119,6 +119,8 @@ class ExitTriggered(_Record):
     record: Literal["exit_triggered"] = "exit_triggered"
     plan_id: str
     kind: ExitKind
+    instrument: Instrument | None = None  # absent in journals written before it was added
+    session_id: SessionRef | None = None  # the session that sent the signal: told of it
     price: Price | None = None
     position_qty: Money
     cancel: list[str] = Field(default_factory=list)
