@@ -2,9 +2,11 @@
 
 Algos are real `MarketClient`s; the ground truth is the account journal (SQLite, table
 `entries`) and the paper exchange's own ledger. The test instrument `STILL/USD` has a market
-that does not move (no volatility, no synthetic takers) and a wide spread: its best bid sits 5
-ticks under the mid, so a long signal's stop placed 2 ticks under the mid is already crossed
-by the bid when the entry fills — the exit then fires on the next ticker, deterministically.
+that does not move by itself (no volatility, no synthetic takers): its mid moves only when a
+test steers it (`POST {paper}/v1/admin/steer`), and the house quotes follow the mid. A long
+signal's stop sits well under the market, so nothing fires at entry; the test then walks the
+price down through the stop (the Broker's ticker sees the bid cross it) and back to `MID`,
+where the other tests expect it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import pytest
 
-from protocol.signals import SignalAccepted
-from tests.e2e.test_trading_e2e import connect, ledger
+from protocol.signals import ExitFired, SignalAccepted
+from tests.e2e.test_trading_e2e import connect, ledger, secrets_of
 from tests.support.fleet import FAST_CONFIG, RunningFleet, start_fleet, wait_for, workers_of
 from tradefleet.client import MarketClient
 
@@ -31,6 +34,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 STILL = "STILL/USD"
 MID = Decimal(1000)
 TICK = Decimal("0.1")
+STOP = MID - 20  # a long signal's stop: 195 ticks under the entry's bid
+STEER_TICKS = 20  # per market step (0.1 s): through the stop in about a second
 
 CONFIG = f"""
 traders = []
@@ -139,6 +144,7 @@ async def long_signal(client: MarketClient, **exits: Any) -> SignalAccepted:
     answer = await client.send_signal(STILL, direction="long", qty="1", timeout=20, **exits)
     assert isinstance(answer, SignalAccepted), answer
     assert answer.client_order_id is not None and answer.exits is not None
+    assert answer.seq is not None
     return answer
 
 
@@ -147,63 +153,144 @@ async def position(client: MarketClient) -> Decimal:
     return positions.get(STILL, Decimal(0))
 
 
+async def venue_position(fleet: RunningFleet, account: str) -> Decimal:
+    venue = await ledger(fleet, account)
+    return {p["instrument"]: Decimal(p["qty"]) for p in venue["positions"]}.get(
+        STILL, Decimal(0))
+
+
+async def steer(fleet: RunningFleet, price: Decimal, ticks_per_step: int = STEER_TICKS
+                ) -> Decimal:
+    """Point the paper exchange's walk of STILL/USD at `price`; returns the mid right now."""
+    url = (fleet.data_dir / "run" / "paper.url").read_text().strip()
+    headers = {"Authorization": f"Bearer {secrets_of(fleet)['join_token']}"}
+    body = {"instrument": STILL, "price": str(price), "ticks_per_step": ticks_per_step}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/v1/admin/steer", json=body, headers=headers) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+    assert Decimal(answer["target"]) == price
+    return Decimal(answer["mid"])
+
+
+async def steer_to(fleet: RunningFleet, price: Decimal, timeout: float = 30) -> None:
+    """Steer to `price` and wait until the mid is there (the other tests quote around MID)."""
+    async with asyncio.timeout(timeout):
+        while await steer(fleet, price) != price:
+            await asyncio.sleep(0.1)  # poll interval of the condition above
+
+
+async def wait_until(probe: Any, timeout: float, what: str) -> Any:
+    """Poll a synchronous probe from async code without blocking the loop for long."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+async def collect(client: MarketClient, until: Any, timeout: float = 20) -> list[Any]:
+    """Events of the client until `until(event)` holds for one of them."""
+    seen: list[Any] = []
+    async with asyncio.timeout(timeout):
+        async for event in client.events():
+            seen.append(event)
+            if until(event):
+                return seen
+    raise AssertionError(f"the stream ended first: {seen}")
+
+
+def sequenced(events: list[Any]) -> list[Any]:
+    return [e for e in events if getattr(e, "seq", None) is not None]
+
+
 async def test_a_signal_s_stop_fires_while_the_algo_is_away_and_the_journal_tells_it(
         fleet: RunningFleet) -> None:
     client = await connect(fleet, "pm-exit")
     try:
-        await long_signal(client, stop_loss=str(MID - 2 * TICK),
-                          take_profit=str(MID + 100))
+        # Stop and take-profit far from the market: nothing can fire at entry.
+        entry = await long_signal(client, stop_loss=str(STOP), take_profit=str(MID + 20))
+        filled = await collect(client, lambda e: e.type == "order_filled"
+                               and e.client_order_id == entry.client_order_id)
+        assert [e.seq for e in sequenced(filled)] == list(range(1, client.last_seq + 1))
+        session_id, last_seq = client.session_id, client.last_seq
+        assert session_id is not None
     finally:
         await client.close()  # the algo is gone before its exit fires
-    wait_for(lambda: in_order(story(fleet, "pm-exit"),
-                              ["signal", "order", "fill", "exit", "order", "fill"]),
-             30, "signal → order → fill → exit → order → fill in the journal")
-    venue = await ledger(fleet, "pm-exit")
-    assert {p["instrument"]: Decimal(p["qty"]) for p in venue["positions"]}.get(
-        STILL, Decimal(0)) == 0
-    assert [kind for _, kind in exits_fired(fleet, "pm-exit")] == ["stop_loss"]
-    # Back again: the algo finds the account flat, and the operator's view agrees.
-    client = await connect(fleet, "pm-exit")
+    assert exits_fired(fleet, "pm-exit") == []
     try:
+        # The price walks down through the stop, the algo still away.
+        await steer(fleet, MID - 40)
+        await wait_until(lambda: in_order(story(fleet, "pm-exit"),
+                                          ["signal", "order", "fill", "exit", "order", "fill"]),
+                         30, "signal → order → fill → exit → order → fill in the journal")
+        assert await venue_position(fleet, "pm-exit") == 0
+        await wait_until(lambda: owner_info(fleet, "pm-exit").get("exits") == 0, 15,
+                         "the exit plan retired (nothing left to fire)")
+        assert [kind for _, kind in exits_fired(fleet, "pm-exit")] == ["stop_loss"]
+    finally:
+        await steer_to(fleet, MID)
+    # The algo comes back on its session: it gets what it missed, once, in seq order.
+    url = fleet.manager_url_files["market"].read_text().strip()
+    client = await MarketClient.connect(url, secrets_of(fleet)["api_token.demo"],
+                                        account="pm-exit", session_id=session_id,
+                                        resume_from_seq=last_seq)
+    try:
+        missed = await collect(client, lambda e: e.type == "order_filled"
+                               and e.client_order_id != entry.client_order_id)
+        seqs = [e.seq for e in sequenced(missed)]
+        assert seqs == list(range(last_seq + 1, last_seq + 1 + len(seqs))), missed
+        [fired] = [e for e in missed if isinstance(e, ExitFired)]
+        assert fired.kind == "stop_loss" and fired.seq == last_seq + 1
+        assert fired.signal_id == entry.signal_id and fired.trigger_price <= STOP
+        assert missed[-1].client_order_id == fired.client_order_id
         assert await position(client) == 0
+        # The positions round trip came after anything the replay could still bring:
+        # nothing sequenced arrived after the close's fill, so nothing came twice.
+        assert client.last_seq == seqs[-1]
+        assert not sequenced(list(client._queue))
     finally:
         await client.close()
-    wait_for(lambda: "exits" in owner_info(fleet, "pm-exit")
-             and owner_info(fleet, "pm-exit")["exits"] == 0, 10, "no exit held any more")
 
 
 async def test_the_exit_fires_exactly_once_across_a_kill_9_of_the_broker(
         fleet: RunningFleet) -> None:
     client = await connect(fleet, "pm-kill9")
     try:
-        # A time exit a few seconds out: the entry fills, the Broker dies at once, and the
-        # exit is due while (or after) its replacement rebuilds from the journal.
-        due = time.time_ns() + 6_000_000_000
-        await long_signal(client, stop_loss=str(MID - 50), time_exit_at=due)
-        wait_for(lambda: "fill" in story(fleet, "pm-kill9"), 20, "the entry filled")
-        victim_epoch = max(epoch for _, epoch, _ in journal_rows(fleet, "pm-kill9"))
-        owner_id = fleet.manager("broker").get("/v1/accounts")["accounts"]["pm-kill9"][
-            "worker_id"]
-        victim = wait_for(lambda: next((w for w in workers_of(fleet.fleet(), "broker")
-                                        if w["id"] == owner_id and w.get("pid")), None),
-                          10, "the owner's pid in the fleet view")
-        os.kill(victim["pid"], signal.SIGKILL)
+        entry = await long_signal(client, stop_loss=str(STOP), take_profit=str(MID + 20))
+        await collect(client, lambda e: e.type == "order_filled"
+                      and e.client_order_id == entry.client_order_id)
     finally:
         await client.close()
-    wait_for(lambda: any(w.get("info", {}).get("account") == "pm-kill9" and w["state"] == "up"
-                         and w["id"] != victim["id"]
-                         for w in workers_of(fleet.fleet(), "broker")),
-             60, "a new owner of pm-kill9")
-    wait_for(lambda: story(fleet, "pm-kill9").count("fill") >= 2, 40, "the exit filled")
-    venue = await ledger(fleet, "pm-kill9")
-    assert {p["instrument"]: Decimal(p["qty"]) for p in venue["positions"]}.get(
-        STILL, Decimal(0)) == 0
-    # Give a second (wrong) exit every chance to show up, then count: exactly one.
-    await asyncio.sleep(2)
+    victim_epoch = max(epoch for _, epoch, _ in journal_rows(fleet, "pm-kill9"))
+    owner_id = fleet.manager("broker").get("/v1/accounts")["accounts"]["pm-kill9"]["worker_id"]
+    victim = wait_for(lambda: next((w for w in workers_of(fleet.fleet(), "broker")
+                                    if w["id"] == owner_id and w.get("pid")), None),
+                      10, "the owner's pid in the fleet view")
+    os.kill(victim["pid"], signal.SIGKILL)
+    assert exits_fired(fleet, "pm-kill9") == []
+    try:
+        # The price goes through the stop while no Broker owns the account.
+        await steer(fleet, MID - 40)
+        await wait_until(lambda: any(
+            w.get("info", {}).get("account") == "pm-kill9" and w["state"] == "up"
+            and w["id"] != victim["id"] for w in workers_of(fleet.fleet(), "broker")),
+            60, "a new owner of pm-kill9")
+        await wait_until(lambda: story(fleet, "pm-kill9").count("fill") >= 2, 40,
+                         "the exit filled")
+        assert await venue_position(fleet, "pm-kill9") == 0
+        # Once the plan is retired no second exit can fire: then count.
+        await wait_until(lambda: owner_info(fleet, "pm-kill9").get("exits") == 0, 15,
+                         "the exit plan retired")
+    finally:
+        await steer_to(fleet, MID)
     told = story(fleet, "pm-kill9")
     assert told.count("exit") == 1 and told.count("order") == 2, told
     [(epoch, kind)] = exits_fired(fleet, "pm-kill9")
-    assert kind == "time" and epoch > victim_epoch  # fired by the replacement, from the journal
+    assert kind == "stop_loss" and epoch > victim_epoch  # fired by the replacement
 
 
 async def test_the_kill_switch_cancels_refuses_and_is_cleared_by_the_operator(
