@@ -2,6 +2,11 @@
 
 It connects through the MarketManager exactly as an external algo does (same API token, same
 sessions, same reconnects), so hosted and external algos cannot drift apart.
+
+The strategy's event stream is read through a `PnlLedger` (`workers.trader.pnl`): the fills of
+the trader's own orders and the prices it subscribed to give its per-instrument position,
+average cost, realized and unrealized PnL and fees, reported in the status `info["pnl"]` for
+the fleet view.
 """
 
 from __future__ import annotations
@@ -19,8 +24,44 @@ from protocol.control import Load
 from tradefleet.config import TraderSection
 from tradefleet.strategy import Strategy, load_strategy_class, run_strategy
 from workers.runtime.service import WorkerContext, WorkerService
+from workers.trader.pnl import PnlLedger
 
 log = structlog.get_logger(__name__)
+
+
+class _LedgerStream:
+    """An SDK event stream whose events also go to the ledger, in order, before the strategy
+    sees them."""
+
+    def __init__(self, inner: Any, ledger: PnlLedger) -> None:
+        self._inner = inner.__aiter__()
+        self._ledger = ledger
+
+    def __aiter__(self) -> _LedgerStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        event = await self._inner.__anext__()
+        try:
+            self._ledger.observe(event)
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop the strategy
+            log.exception("pnl_event_refused", event_type=getattr(event, "type", None))
+        return event
+
+
+class LedgerClient:
+    """The SDK client as a hosted strategy gets it: the same in every way, except that its
+    `events()` also feed the trader's PnL ledger."""
+
+    def __init__(self, client: Any, ledger: PnlLedger) -> None:
+        self._client = client
+        self._ledger = ledger
+
+    def events(self) -> _LedgerStream:
+        return _LedgerStream(self._client.events(), self._ledger)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
 
 
 class TraderService(WorkerService):
@@ -30,6 +71,7 @@ class TraderService(WorkerService):
         self.strategy: Strategy | None = None
         self.status = "standby"
         self.last_error: str | None = None
+        self.ledger = PnlLedger()
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -47,6 +89,8 @@ class TraderService(WorkerService):
         except (ImportError, AttributeError, TypeError) as exc:
             raise ValueError(f"cannot load strategy {section.strategy}: {exc}") from exc
         await self._halt()
+        if self.section is None or self.section.name != section.name:
+            self.ledger = PnlLedger()
         self.section = section
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run(section), name=f"trader-{name}")
@@ -84,9 +128,10 @@ class TraderService(WorkerService):
             delay = 0.2
             try:
                 cls = load_strategy_class(section.strategy, search=[Path.cwd()])
-                self.strategy = cls(client, **section.params)
+                hosted = LedgerClient(client, self.ledger)
+                self.strategy = cls(hosted, **section.params)
                 self.status = "running"
-                await run_strategy(self.strategy, client, self._stop)
+                await run_strategy(self.strategy, hosted, self._stop)
             except Exception as exc:
                 self.status = "failed"
                 self.last_error = str(exc)[:200]
@@ -127,6 +172,7 @@ class TraderService(WorkerService):
         if self.strategy is not None:
             out["strategy_state"] = self.strategy.state()
             out["errors"] = self.strategy.errors
+        out["pnl"] = self.ledger.report()
         if self.last_error:
             out["last_error"] = self.last_error
         return out
