@@ -290,7 +290,8 @@ class FleetState:
 
     def _log_manager_event(self, entry: _Entry, event: Mapping[str, Any]) -> None:
         # A manager may resend recent events after its stream is re-opened: log each once.
-        key = (event.get("ts"), event.get("event"), event.get("worker_id"), event.get("epoch"))
+        key = (event.get("ts"), event.get("event"), event.get("worker_id"), event.get("epoch"),
+               event.get("n"))
         if key in entry.seen_events:
             return
         entry.seen_events.append(key)

@@ -164,7 +164,8 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def accounts(request: web.Request) -> web.Response:
-    """BrokerManager: `GET /v1/accounts` — each account's order owner (service token)."""
+    """BrokerManager: `GET /v1/accounts` — each account's order owner (service token), with
+    the kill switch it reports, and the fleet-wide kill switch new owners inherit."""
     manager = _manager(request)
     require_token(request, manager.join_token, manager.operator_token)
     out: dict[str, Any] = {}
@@ -173,8 +174,10 @@ async def accounts(request: web.Request) -> web.Response:
         out[account] = None if owner is None else {
             "worker_id": owner.id, "url": owner.url, "epoch": owner.slot_epoch or owner.epoch,
             "worker_epoch": owner.epoch,
-            "state": owner.state.value, "ready": bool(owner.info.get("ready"))}
-    return json_response({"accounts": out})
+            "state": owner.state.value, "ready": bool(owner.info.get("ready")),
+            "kill_switch": owner.info.get("kill_switch")}
+    fleet = manager.fleet_kill_switch or {"active": False}
+    return json_response({"accounts": out, "fleet_kill_switch": fleet})
 
 
 class KillSwitchBody(BaseModel):
@@ -217,23 +220,40 @@ async def kill_switch(request: web.Request) -> web.Response:
 
 
 async def fleet_kill_switch(request: web.Request) -> web.Response:
-    """BrokerManager: `POST /v1/kill-switch` `{active, reason?}`: the fleet-wide switch on
-    every account this manager holds. Answers which accounts took it and which did not."""
+    """BrokerManager: `POST /v1/kill-switch` `{active, reason?}`: the fleet-wide switch.
+
+    Persisted first (the registry), so every account assigned later inherits it until it is
+    cleared; then handed to the owner of every account this manager holds. Answers which
+    accounts took it, which have no owner now (`pending`: they take it when one is assigned)
+    and which owners did not answer (`failed`, 207)."""
     manager = _operator(request)
     body = await read_model(request, KillSwitchBody)
+    by = request.headers.get("X-Tradefleet-Operator", "operator")[:64]
+    state = manager.set_fleet_kill_switch(body.active, body.reason, by)
     command = {"kill_switch": {"active": body.active, "reason": body.reason, "scope": "fleet",
-                               "by": request.headers.get("X-Tradefleet-Operator",
-                                                         "operator")[:64]}}
+                               "by": by}}
     done: list[str] = []
+    pending: list[str] = []
     failed: dict[str, str] = {}
     for account in sorted(manager.sup.slots):
+        owner = manager.sup.owner_of(account)
+        if owner is None or owner.id not in manager.pipes:
+            pending.append(account)
+            continue
         try:
             await _to_account_owner(manager, account, command)
             done.append(account)
         except ApiError as exc:
             failed[account] = exc.text or exc.reason
+    # A draining worker still serves its account until the new owner fences it: tell it too.
+    for rec in list(manager.sup.records.values()):
+        if rec.slot is not None and rec.live and not rec.counts_toward_desired \
+                and rec.id in manager.pipes:
+            with contextlib.suppress(KeyError, TimeoutError):
+                await manager.command(rec.id, {"risk": command}, timeout_s=3.0)
     status = 200 if not failed else 207
-    return json_response({"kill_switch": body.active, "accounts": done, "failed": failed},
+    return json_response({"kill_switch": body.active, "fleet_kill_switch": state,
+                          "accounts": done, "pending": pending, "failed": failed},
                          status=status)
 
 

@@ -1,4 +1,10 @@
-"""The manager shell: executes the supervisor's plan with a spawner, a registry and pipes."""
+"""The manager shell: executes the supervisor's plan with a spawner, a registry and pipes.
+
+A BrokerManager also keeps the fleet-wide kill switch (`set_fleet_kill_switch`), persisted in
+its registry: every account assignment carries it (`{"assign": {..., "fleet_kill_switch":
+{active, reason, by}}}`), so an account opened later — a new owner, the replacement of a
+killed one — takes it before it accepts its first order, until an operator clears it.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from protocol.control import (
     Welcome,
     WorkerCheckin,
     WorkerCheckinAccepted,
+    WorkerEvent,
     WorkerKind,
     WorkerState,
 )
@@ -52,6 +59,10 @@ from tradefleet.service.tokens import customer_tokens, new_token
 log = structlog.get_logger(__name__)
 
 TICK_S = 0.1
+FLEET_KILL_SWITCH = "fleet_kill_switch"  # registry settings key (BrokerManager)
+# Keys of an event-log line that a worker event's details may not overwrite.
+EVENT_KEYS = frozenset({"ts", "event", "category", "worker_id", "kind", "epoch", "n", "message",
+                        "seq", "source", "location", "manager_id", "dropped_before"})
 
 
 def token_hash(token: str) -> str:
@@ -65,6 +76,23 @@ def slots_of(kind: WorkerKind, config: FleetConfig) -> tuple[str, list[str]]:
     if kind is WorkerKind.TRADER:
         return "trader", [t.name for t in config.traders]
     return "", []
+
+
+def worker_event_record(worker_id: str, kind: WorkerKind, rec: WorkerRecord | None,
+                        event: WorkerEvent) -> dict[str, Any]:
+    """The event-log line of a worker's event. Detail keys that would hide a standard key
+    are renamed (an exit's `kind` becomes `exit_kind`)."""
+    prefix = event.event.split("_", 1)[0]
+    record: dict[str, Any] = {}
+    for key, value in event.detail.items():
+        record[f"{prefix}_{key}" if key in EVENT_KEYS else key] = value
+    record.update(ts=event.ts, event=event.event, category=event.category.value,
+                  worker_id=worker_id, kind=kind.value, n=event.n, message=event.message)
+    if rec is not None:
+        record["epoch"] = rec.epoch
+    if event.dropped:
+        record["dropped_before"] = event.dropped
+    return record
 
 
 class CheckinError(Exception):
@@ -101,10 +129,13 @@ class Manager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._last_publish = 0.0
+        self._publish_soon = False
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=1000)
         self.status_listeners: list[Callable[[str], None]] = []
         self._assign_commands: dict[str, str] = {}
         self._command_waiters: dict[str, asyncio.Future[CommandResult]] = {}
+        self.fleet_kill_switch: dict[str, Any] | None = (
+            self.registry.get_doc(FLEET_KILL_SWITCH) if kind is WorkerKind.BROKER else None)
         self.customers_by_token = customer_tokens(
             {name: [t.get_secret_value() for t in c.api_tokens]
              for name, c in config.customers.items()}, data_dir)
@@ -196,7 +227,8 @@ class Manager:
                         self._execute(self.sup.process_exited(wid, code, now))
             self._execute(self.sup.plan(now))
             changed = self._persist_dirty()
-            if changed or now - self._last_publish >= self.config.timeouts.heartbeat_interval_s:
+            if changed or self._publish_soon or \
+                    now - self._last_publish >= self.config.timeouts.heartbeat_interval_s:
                 self._publish(now)
             await asyncio.sleep(TICK_S)
 
@@ -268,8 +300,13 @@ class Manager:
         if rec.slot_epoch is None:
             rec.slot_epoch = self.registry.bump("worker_epoch")
             self.sup.dirty.add(rec.id)
-        command_id = pipe.send(CommandAction.CONFIG, {"assign": {
-            self.slot_key: action.slot, "epoch": rec.slot_epoch}})
+        assign: dict[str, Any] = {self.slot_key: action.slot, "epoch": rec.slot_epoch}
+        if self.fleet_kill_switch is not None:
+            switch = self.fleet_kill_switch
+            assign["fleet_kill_switch"] = {"active": bool(switch.get("active")),
+                                           "reason": str(switch.get("reason") or ""),
+                                           "by": str(switch.get("by") or "operator")}
+        command_id = pipe.send(CommandAction.CONFIG, {"assign": assign})
         self._assign_commands[command_id] = rec.id
 
     async def command(self, worker_id: str, params: dict[str, Any],
@@ -303,7 +340,7 @@ class Manager:
         callbacks = PipeCallbacks(on_up=self._pipe_up, on_lost=self._pipe_lost,
                                   on_status=self._pipe_status, on_heartbeat=self._pipe_heartbeat,
                                   on_refused=self._pipe_refused,
-                                  on_result=self._pipe_result)
+                                  on_result=self._pipe_result, on_event=self._pipe_event)
         hello = Hello(manager_id=self.id, manager_epoch=self.epoch, worker_epoch=rec.epoch)
         pipe = ControlPipe(worker_id, rec.url, doc["control_token"], hello,
                            self.config.timeouts.heartbeat_interval_s, self._session, callbacks)
@@ -325,6 +362,13 @@ class Manager:
 
     def _pipe_heartbeat(self, worker_id: str) -> None:
         self.sup.heartbeat(worker_id, time.time())
+
+    def _pipe_event(self, worker_id: str, event: WorkerEvent) -> None:
+        """A worker's operator event (risk refusal, venue resync...): into the event log, and
+        out to the infra managers with the next snapshot (sent within one tick)."""
+        self.sup.events.append(worker_event_record(worker_id, self.kind,
+                                                   self.sup.records.get(worker_id), event))
+        self._publish_soon = True
 
     def _pipe_refused(self, worker_id: str, error: PipeError) -> None:
         log.error("worker refused our pipe", worker_id=worker_id, code=error.code,
@@ -377,6 +421,21 @@ class Manager:
         self._publish(time.time())
         return new_ids
 
+    def set_fleet_kill_switch(self, active: bool, reason: str, by: str) -> dict[str, Any]:
+        """Persist the fleet-wide kill switch (before any owner is told), so every account
+        assigned from now on inherits it. Returns the stored state."""
+        state = {"active": active, "reason": reason, "by": by, "at": time.time()}
+        self.registry.set_doc(FLEET_KILL_SWITCH, state)
+        self.fleet_kill_switch = state
+        verb = "engaged" if active else "cleared"
+        message = f"fleet-wide kill switch {verb} by {by}" + (f": {reason}" if reason else "")
+        self.sup.events.append({"ts": state["at"], "event": "fleet_kill_switch",
+                                "category": "risk", "kind": self.kind.value, "active": active,
+                                "reason": reason, "by": by, "message": message})
+        self._publish_soon = True
+        log.warning("fleet_kill_switch", active=active, reason=reason, by=by)
+        return state
+
     def set_desired(self, desired: int) -> None:
         self.sup.set_desired(desired, time.time())
         self.registry.set_meta("desired", desired)
@@ -394,16 +453,21 @@ class Manager:
     # ------------------------------------------------------------------ views & stream
 
     def view(self) -> ManagerView:
+        info: dict[str, Any] = {}
+        if self.fleet_kill_switch is not None:
+            info[FLEET_KILL_SWITCH] = self.fleet_kill_switch
         return ManagerView(id=self.id, kind=self.kind, location=self.location, url=self.url,
                            epoch=self.epoch, desired=self.sup.desired,
-                           workers=self.sup.view(time.time()))
+                           workers=self.sup.view(time.time()), info=info)
 
     def _publish(self, now: float) -> None:
         self._last_publish = now
+        self._publish_soon = False
         events, self.sup.events = self.sup.events, []
         self.recent_events.extend(events)
         for event in events:
-            log.info("lifecycle", lifecycle=event["event"],
+            log.info("worker_event" if "category" in event else "lifecycle",
+                     lifecycle=event["event"],
                      **{k: v for k, v in event.items() if k not in ("ts", "event")})
         snapshot = ManagerSnapshot(manager=self.view(), events=events)
         for queue in list(self.subscribers):

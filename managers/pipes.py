@@ -29,6 +29,7 @@ from protocol.control import (
     PipeError,
     StatusReport,
     Welcome,
+    WorkerEvent,
 )
 
 log = structlog.get_logger(__name__)
@@ -41,10 +42,12 @@ class PipeCallbacks:
                  on_status: Callable[[str, StatusReport], None],
                  on_heartbeat: Callable[[str], None],
                  on_refused: Callable[[str, PipeError], None],
-                 on_result: Callable[[str, CommandResult], None]) -> None:
+                 on_result: Callable[[str, CommandResult], None],
+                 on_event: Callable[[str, WorkerEvent], None] | None = None) -> None:
         self.on_up, self.on_lost, self.on_status = on_up, on_lost, on_status
         self.on_heartbeat, self.on_refused = on_heartbeat, on_refused
         self.on_result = on_result
+        self.on_event = on_event
 
 
 class ControlPipe:
@@ -139,6 +142,9 @@ class ControlPipe:
             if not msg.ok:
                 log.warning("command failed", worker_id=self.worker_id, error=msg.error)
             self._cb.on_result(self.worker_id, msg)
+        elif isinstance(msg, WorkerEvent):
+            if self._cb.on_event is not None:
+                self._cb.on_event(self.worker_id, msg)
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         next_beat = 0.0

@@ -1,4 +1,5 @@
-"""The manager's persisted registry (SQLite, WAL): workers, epochs, desired count, requests.
+"""The manager's persisted registry (SQLite, WAL): workers, epochs, desired count, requests,
+and small settings documents (e.g. the BrokerManager's fleet-wide kill switch).
 
 Writes are small and rare (lifecycle changes only), so a synchronous connection is used directly
 from the event loop; every write is committed before the caller reports it.
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS workers (
     doc TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spawn_requests (
     request_id TEXT PRIMARY KEY,
     worker_ids TEXT NOT NULL,
@@ -71,6 +73,20 @@ class Registry:
             value = self.get_meta(key, 0) + 1
             self.set_meta(key, value)
         return value
+
+    # -- settings documents
+
+    def get_doc(self, key: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT doc FROM settings WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        doc = orjson.loads(row[0])
+        return doc if isinstance(doc, dict) else None
+
+    def set_doc(self, key: str, doc: dict[str, Any]) -> None:
+        """Store `doc` under `key` (committed before returning)."""
+        self._db.execute("INSERT INTO settings(key, doc) VALUES(?, ?) ON CONFLICT(key) "
+                         "DO UPDATE SET doc=excluded.doc", (key, orjson.dumps(doc).decode()))
 
     # -- workers
 

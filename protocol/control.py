@@ -133,8 +133,37 @@ class PipeError(Frozen):
     message: str
 
 
+class EventCategory(StrEnum):
+    """Which event-log filter a worker's event belongs under."""
+
+    RISK = "risk"  # refusals, exits, kill switch, position corrections
+    VENUE = "venue"  # the venue connection went down or came back (resync)
+    WORKER = "worker"  # anything else a worker wants an operator to see
+
+
+class WorkerEvent(Frozen):
+    """Worker → manager: something an operator should see in the event log.
+
+    Sent up the control pipe as it happens (never blocking the worker's own work: a worker
+    buffers a bounded number while its pipe is down and drops the oldest beyond that, counting
+    them in `dropped`). The manager appends it to its event log with the worker's id.
+    """
+
+    type: Literal["event"] = "event"
+    event: str = Field(min_length=1, max_length=64, description="e.g. risk_rejected.")
+    category: EventCategory = EventCategory.WORKER
+    ts: float = Field(description="Worker's wall clock, seconds since the epoch.")
+    n: int = Field(ge=1, description="Per-worker sequence number (tells repeats apart).")
+    message: str = Field(default="", max_length=1000, description="One sentence for people.")
+    detail: dict[str, Any] = Field(default_factory=dict,
+                                   description="Small, secret-free facts (account, code...).")
+    dropped: int = Field(default=0, ge=0,
+                         description="Events lost before this one because the buffer was full.")
+
+
 PipeMessage = Annotated[
-    Hello | Welcome | Heartbeat | StatusReport | Command | CommandResult | PipeError,
+    Hello | Welcome | Heartbeat | StatusReport | Command | CommandResult | PipeError
+    | WorkerEvent,
     Field(discriminator="type"),
 ]
 PIPE_MESSAGE: TypeAdapter[PipeMessage] = TypeAdapter(PipeMessage)

@@ -47,6 +47,8 @@ class ManagerView(Frozen):
     state: ManagerState = ManagerState.UP
     last_seen_age_s: float | None = None
     workers: list[WorkerView] = Field(default_factory=list)
+    info: dict[str, Any] = Field(default_factory=dict, description="Kind-specific state, e.g. "
+                                 "a BrokerManager's `fleet_kill_switch`.")
 
 
 class LocationState(StrEnum):

@@ -201,3 +201,146 @@ async def test_the_owner_is_killed_and_its_replacement_carries_on(
     assert (info["orders"], info["open_orders"], info["fills"]) == (2, 2, 1)
     await ws2.close()
     json.dumps(info)  # the status report is plain JSON
+
+
+# ---------------------------------------------------------------- the fleet-wide kill switch
+
+TWO_ACCOUNTS = CONFIG.replace('[customers.demo]\naccounts = ["paper-1"]',
+                              '[accounts.paper-2]\nvenue = "paper"\n'
+                              '[customers.demo]\naccounts = ["paper-1", "paper-2"]')
+
+
+class BrokerManager:
+    """`python -m managers --kind broker`, restartable on the same data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> str:
+        url_file = self.data_dir / "run" / "broker-manager.url"
+        url_file.unlink(missing_ok=True)
+        log = open(self.data_dir / "broker-manager.log", "ab")  # noqa: SIM115 - child's
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "managers", "--kind", "broker", "--port", "0",
+             "--data-dir", str(self.data_dir), "--config", str(self.data_dir / "fleet.toml")],
+            stdout=log, stderr=log, cwd=REPO, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 30
+        while not url_file.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, (
+                (self.data_dir / "broker-manager.log").read_text()[-3000:])
+            time.sleep(0.05)
+        self.url = url_file.read_text().strip()
+        return self.url
+
+    def stop(self) -> None:
+        """SIGTERM: the manager stops its workers, then exits."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def restartable(data_dir: Path, exchange: Exchange) -> Iterator[BrokerManager]:
+    manager = BrokerManager(data_dir)
+    manager.start()
+    try:
+        yield manager
+    finally:
+        manager.stop()
+
+
+async def test_the_fleet_wide_kill_switch_is_inherited_by_an_account_opened_later(
+        restartable: BrokerManager, data_dir: Path, http: aiohttp.ClientSession) -> None:
+    operator = {"Authorization": "Bearer " + json.loads(
+        (data_dir / "secrets.json").read_text())["operator_token"]}
+
+    async def accounts() -> dict[str, Any]:
+        async with http.get(restartable.url + "/v1/accounts", headers=AUTH) as response:
+            assert response.status == 200
+            return await response.json()  # type: ignore[no-any-return]
+
+    async def ready(account: str) -> dict[str, Any] | None:
+        entry = (await accounts())["accounts"].get(account)
+        return entry if entry and entry["ready"] else None
+
+    async def fleet_switch(active: bool, reason: str = "") -> dict[str, Any]:
+        async with http.post(restartable.url + "/v1/kill-switch", headers=operator,
+                             json={"active": active, "reason": reason}) as response:
+            body = await response.json()
+            assert response.status == 200, body
+            return body  # type: ignore[no-any-return]
+
+    await until(lambda: ready("paper-1"), "an owner of paper-1")
+    assert (await accounts())["fleet_kill_switch"] == {"active": False}
+    engaged = await fleet_switch(True, "fleet drill")
+    assert (engaged["accounts"], engaged["pending"], engaged["failed"]) == (["paper-1"], [], {})
+
+    # The manager restarts (its workers stop with it) with a second account in its config:
+    # paper-2 has never had an owner, and its journal knows nothing of the switch.
+    restartable.stop()
+    (data_dir / "fleet.toml").write_text(TWO_ACCOUNTS)
+    restartable.start()
+    assert not (data_dir / "journal" / "paper-2.sqlite").exists()
+    body = await accounts()
+    assert body["fleet_kill_switch"]["active"] is True
+    assert body["fleet_kill_switch"]["reason"] == "fleet drill"
+    owner = await until(lambda: ready("paper-2"), "an owner of paper-2")
+    await until(lambda: _kill_switch_reported(accounts, "paper-2"),
+                "paper-2's owner reporting the switch")
+
+    ws, welcome = await open_link(http, owner["url"])
+    assert welcome["account"] == "paper-2"
+    await ws.send_bytes(route({**sell("k1", "60000"), "account": "paper-2"}))
+    refused = await next_refusal(ws)
+    assert refused["code"] == "kill_switch" and "fleet drill" in refused["message"], refused
+
+    # The refusal is in the manager's event log, with the worker that refused it.
+    async def logged() -> dict[str, Any] | None:
+        async with http.get(restartable.url + "/v1/events", headers=operator) as response:
+            events = (await response.json())["events"]
+        return next((e for e in events if e["event"] == "risk_rejected"
+                     and e.get("client_order_id") == "k1"), None)
+
+    line = await until(logged, "the risk refusal in the event log")
+    assert (line["category"], line["worker_id"], line["account"], line["code"]) == (
+        "risk", owner["worker_id"], "paper-2", "kill_switch")
+
+    # Cleared fleet-wide: the same account accepts orders again.
+    cleared = await fleet_switch(False)
+    assert sorted(cleared["accounts"]) == ["paper-1", "paper-2"]
+    assert (await accounts())["fleet_kill_switch"]["active"] is False
+    await ws.send_bytes(route({**sell("k2", "60000"), "account": "paper-2"}))
+    accepted = await next_frame(ws, "session_event")
+    assert (accepted["event"]["type"], accepted["event"]["client_order_id"]) == (
+        "order_accepted", "k2")
+    await ws.close()
+
+
+async def _kill_switch_reported(accounts: Callable[[], Any], account: str) -> bool:
+    entry = (await accounts())["accounts"].get(account)
+    return bool(entry and entry.get("kill_switch"))
+
+
+async def next_refusal(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    """The next refusal the session hears: an `order_rejected` (reason, message) or an
+    `error` (code, message), as {code, message}."""
+    async with asyncio.timeout(10):
+        while True:
+            msg = await ws.receive()
+            assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
+            frame = orjson.loads(msg.data)
+            if frame["type"] != "session_event":
+                continue
+            event = frame["event"]
+            if event["type"] == "order_rejected":
+                return {"code": event["reason"], "message": event["message"]}
+            if event["type"] == "error":
+                return {"code": event["code"], "message": event["message"]}

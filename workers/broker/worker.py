@@ -15,6 +15,12 @@ journal for `replay`.
 Market data: one venue subscription per stream whatever the number of links
 (`workers.broker.streams`); each event is encoded once and queued on every subscribed link.
 
+Operator events: the owner reports risk refusals, exits, kill-switch changes, venue outages
+and resyncs and position corrections (`on_notable`); each goes up the control pipe as a
+`WorkerEvent` (category `risk` or `venue`) to the BrokerManager's event log, through a bounded
+buffer that never makes trading wait. The owner's last fills are in `info()["recent_fills"]`
+(newest first, at most `RECENT_FILLS_SHOWN`).
+
 Drain: no new links; every link gets `resync {reason: "draining"}` so its Market re-learns the
 account's owner. The worker keeps serving the links it has until the new owner fences it (which
 closes them) or they go away, then exits.
@@ -34,7 +40,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from protocol.codec import encode
-from protocol.control import Load
+from protocol.control import EventCategory, Load
 from protocol.errors import ErrorCode
 from protocol.link import LinkWelcome, MdSubscribe, MdUnsubscribe, Replay, Route
 from protocol.market import Channel, MarketEvent
@@ -53,6 +59,20 @@ log = structlog.get_logger(__name__)
 
 SERVICE_TOKEN_ENV = "TRADEFLEET_SERVICE_TOKEN"
 CLOSE_OWNER_STOPPED = 1012  # service restart: re-learn the owner and reconnect
+VENUE_EVENTS = frozenset({"venue_down", "venue_resync", "position_corrected"})
+RECENT_FILLS_SHOWN = 20  # fills per account in the status info (it travels every heartbeat)
+
+
+def _fleet_switch(raw: Any) -> KillSwitch | None:
+    """The assignment's `fleet_kill_switch`, checked. Raises `ValueError` naming the field."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("active"), bool) \
+            or not raw.keys() <= {"active", "reason", "by"}:
+        raise ValueError('assign.fleet_kill_switch is {"active": true|false, "reason"?, "by"?}')
+    return KillSwitch(active=raw["active"], scope=KillScope.FLEET,
+                      reason=str(raw.get("reason") or "")[:200],
+                      by=str(raw.get("by") or "operator")[:64])
 
 
 class BrokerService(WorkerService):
@@ -90,12 +110,18 @@ class BrokerService(WorkerService):
         app.router.add_get("/v1/link", self.link_endpoint)
 
     async def configure(self, params: dict[str, Any]) -> None:
-        """`{"assign": {"account": A, "epoch"?: N}}`: become A's order owner (claim, rebuild,
-        connect, reconcile) before answering. Raises `ValueError` with the reason when refused.
+        """`{"assign": {"account": A, "epoch"?: N, "fleet_kill_switch"?: {...}}}`: become A's
+        order owner (claim, rebuild, connect, reconcile) before answering. Raises `ValueError`
+        with the reason when refused.
 
         The journal is claimed with `epoch` when given, else with the worker's spawn epoch. A
         manager that hands an account to a standby spawned before the account's last owner
         must pass a fresh epoch (newer than every earlier claim), or the claim is refused.
+
+        `fleet_kill_switch` `{active, reason?, by?}` is the BrokerManager's fleet-wide switch:
+        it is handed to the owner's position manager right after the account is opened (and
+        before any Market may link), so an account opened while the fleet is stopped refuses
+        orders from the first one; a repeated assignment with a changed switch applies it too.
         """
         if "risk" in params:
             await self._configure_risk(params["risk"])
@@ -111,10 +137,13 @@ class BrokerService(WorkerService):
         epoch = assign.get("epoch", self.ctx.epoch)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
             raise ValueError("assign.epoch must be a positive integer")
+        fleet_switch = _fleet_switch(assign.get("fleet_kill_switch"))
         async with self._assigning:
             current = self.owner
             if current is not None and current.acting:
                 if current.account == account:
+                    if fleet_switch is not None:
+                        await self._apply_fleet_switch(current, fleet_switch)
                     return
                 raise ValueError(f"this worker already owns account {current.account!r}")
             if self._draining:
@@ -128,15 +157,39 @@ class BrokerService(WorkerService):
                 outbox=self,
                 clock=self._clock,
                 limits=self.ctx.config.accounts[account].risk,
+                on_notable=self._on_notable,
             )
             structlog.contextvars.bind_contextvars(account=account)
             try:
                 await owner.open()
-            except OwnerError as exc:
+                if fleet_switch is not None:
+                    await self._apply_fleet_switch(owner, fleet_switch)
+            except (OwnerError, ValueError) as exc:
                 self.last_error = str(exc)
                 log.error("assignment_refused", error=self.last_error)
+                await owner.close()
                 raise ValueError(str(exc)) from exc
             self.owner, self.last_error = owner, None
+
+    async def _apply_fleet_switch(self, owner: AccountOwner, switch: KillSwitch) -> None:
+        """The position manager ignores a switch it already holds, and a release of one it
+        does not hold, so re-applying on every assignment is safe."""
+        try:
+            await owner.operator_risk(switch)
+        except OwnerStopped as exc:
+            raise ValueError(f"the account's owner has stopped: {exc}") from exc
+        log.info("fleet_kill_switch_applied", active=switch.active,
+                 kill_switch=owner.risk.kill_switch if owner.risk is not None else None)
+
+    def _on_notable(self, notable: dict[str, Any]) -> None:
+        """The owner's operator event: up the control pipe (never blocks, never raises)."""
+        detail = dict(notable)
+        event = str(detail.pop("event", "") or "account_event")
+        message = str(detail.pop("message", "") or "")
+        category = EventCategory.VENUE if event in VENUE_EVENTS else EventCategory.RISK
+        log.info("operator_event", notable=event, category=category.value,
+                 code=detail.get("code"))
+        self.report_event(event, message, category, **detail)
 
     async def _configure_risk(self, params: Any) -> None:
         """`{"kill_switch": {"active", "reason"?, "by"?, "scope"?}}` and/or `{"limits": {…}}`
@@ -207,6 +260,8 @@ class BrokerService(WorkerService):
     def info(self) -> dict[str, Any]:
         owner = self.owner
         out: dict[str, Any] = owner.info() if owner is not None else {"state": "standby"}
+        if isinstance(out.get("recent_fills"), list):
+            out["recent_fills"] = out["recent_fills"][:RECENT_FILLS_SHOWN]
         out["links"] = len(self._links)
         out["sessions"] = len(self._session_links)
         if owner is not None:

@@ -67,6 +67,12 @@ class WorkerRuntime:
                                   ["reason"], registry=self._registry)
         self._m_accepting = Gauge("tradefleet_worker_accepting", "1 when taking new work",
                                   registry=self._registry)
+        self._m_events_dropped = Gauge(
+            "tradefleet_worker_events_dropped", "Operator events dropped (buffer full while "
+            "the control pipe was down)", registry=self._registry)
+        self._m_events_dropped.set_function(lambda: self.service.events.dropped_total)
+        self._events_ready = asyncio.Event()
+        service.events.on_put = self._events_ready.set
 
     # ------------------------------------------------------------------ HTTP
 
@@ -82,9 +88,11 @@ class WorkerRuntime:
 
     def status(self) -> StatusReport:
         load = self.service.load().model_copy(update={"accepting": self.core.accepting})
-        return StatusReport(state=self.core.state, load=load, info={
-            **self.service.info(), "uptime_s": round(time.time() - self.started_wall, 3),
-            "version": __version__})
+        info = {**self.service.info(), "uptime_s": round(time.time() - self.started_wall, 3),
+                "version": __version__}
+        if self.service.events.dropped_total:
+            info["events_dropped"] = self.service.events.dropped_total
+        return StatusReport(state=self.core.state, load=load, info=info)
 
     async def _health(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok", "worker_id": self.ctx.worker_id})
@@ -186,11 +194,33 @@ class WorkerRuntime:
         return None
 
     async def _send_loop(self, ws: web.WebSocketResponse) -> None:
+        """Heartbeat and status every interval; operator events as soon as they are queued."""
         interval = self.ctx.config.timeouts.heartbeat_interval_s
+        next_beat = 0.0
+        with contextlib.suppress(ConnectionError):  # the pipe went away; the reader sees it
+            await self._beat_and_send(ws, interval, next_beat)
+
+    async def _beat_and_send(self, ws: web.WebSocketResponse, interval: float,
+                             next_beat: float) -> None:
         while not ws.closed:
-            await ws.send_bytes(encode(Heartbeat(ts=time.time())))
-            await ws.send_bytes(encode(self.status()))
-            await asyncio.sleep(interval)
+            if time.monotonic() >= next_beat:
+                await ws.send_bytes(encode(Heartbeat(ts=time.time())))
+                await ws.send_bytes(encode(self.status()))
+                next_beat = time.monotonic() + interval
+            self._events_ready.clear()
+            await self._send_events(ws)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._events_ready.wait(),
+                                       max(0.0, next_beat - time.monotonic()))
+
+    async def _send_events(self, ws: web.WebSocketResponse) -> None:
+        outbox = self.service.events
+        while not ws.closed:
+            frame = outbox.first()
+            if frame is None:
+                return
+            await ws.send_bytes(encode(frame))
+            outbox.sent(frame)
 
     # ------------------------------------------------------------------ effects & lifecycle
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from protocol.control import Load, WorkerKind
+from protocol.control import EventCategory, Load, WorkerKind
 from tradefleet.config import FleetConfig
+from workers.runtime.events import EventOutbox
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,23 @@ class WorkerService:
     The runtime calls `add_routes` before serving, `start` after binding, `set_accepting` when
     the worker is paused/resumed, `begin_drain` on a drain command, `has_work` while draining,
     and `stop` before the process exits. `load`/`info` feed the status reports.
+
+    `report_event` sends an operator event up the control pipe (to the manager's event log);
+    it never blocks and never raises, so it is safe to call from trading code.
     """
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.accepting = True
+        self.events = EventOutbox()
+
+    def report_event(self, event: str, message: str = "",
+                     category: EventCategory = EventCategory.WORKER, **detail: Any) -> None:
+        """Queue an event for the manager's event log (see `workers.runtime.events`)."""
+        try:
+            self.events.put(event, message, category, **detail)
+        except Exception:  # noqa: BLE001 - the event log must never stop the worker's work
+            self.events.dropped_total += 1
 
     def add_routes(self, app: web.Application) -> None:
         """Register kind-specific HTTP/WebSocket routes."""

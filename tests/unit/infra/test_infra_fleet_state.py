@@ -348,3 +348,18 @@ def test_location_state_and_counts_follow_the_managers(managers: list[tuple[str,
                 if m.state is ManagerState.SILENT:
                     assert w.state not in (WorkerState.UP, WorkerState.STARTING,
                                            WorkerState.SUSPECT, WorkerState.DRAINING)
+
+
+def test_worker_events_are_logged_with_their_category_and_told_apart_by_n(
+        fleet: FleetState) -> None:
+    c = checkin("b1")
+    fleet.check_in(c)
+    base = {"ts": 100.0, "event": "risk_rejected", "category": "risk", "worker_id": "w1",
+            "epoch": 1, "account": "acct", "code": "kill_switch",
+            "message": "trading is stopped"}
+    fleet.apply(link_of(c), snapshot(c, events=[{**base, "n": 1}, {**base, "n": 2}]))
+    fleet.apply(link_of(c), snapshot(c, events=[{**base, "n": 2}]))  # a repeat
+    logged = [e for e in fleet.events_since(0) if e["event"] == "risk_rejected"]
+    assert [e["n"] for e in logged] == [1, 2]
+    assert all(e["category"] == "risk" and e["account"] == "acct" and e["location"] == "paris"
+               and e["source"] == "manager" and e["kind"] == "broker" for e in logged)
