@@ -407,11 +407,12 @@ class MatchingEngine:
                     ts=ts,
                 )
             )
-        ticker = self._ticker(book, ts)
-        key = (ticker.bid, ticker.bid_qty, ticker.ask, ticker.ask_qty, ticker.last)
+        bid, ask = book.bids.best(), book.asks.best()
+        key = (bid.price if bid else None, bid.size if bid else None,
+               ask.price if ask else None, ask.size if ask else None, book.last_price)
         if self._last_ticker.get(book.instrument) != key:
             self._last_ticker[book.instrument] = key
-            events.append(ticker)
+            events.append(self._ticker(book, ts))
 
     # ------------------------------------------------------------ helpers
 
