@@ -104,8 +104,20 @@ def _kill_switch(api: OperatorApi, args: argparse.Namespace) -> None:
     body = {"active": args.target[-1] == "on", "reason": args.reason}
     if args.all:
         result = api.request("POST", "/v1/kill-switch", body)
-        _print(args, result, f"fleet-wide kill switch {args.target[-1]} at "
-                             f"{', '.join(sorted(result.get('locations', {}))) or 'no location'}")
+        lines = [f"fleet-wide kill switch {args.target[-1]} at "
+                 f"{', '.join(sorted(result.get('locations', {}))) or 'no location'}"]
+        for name, answer in sorted(result.get("locations", {}).items()):
+            if not isinstance(answer, dict):
+                continue
+            pending = answer.get("pending") or []
+            failed = answer.get("failed") or {}
+            if pending:
+                lines.append(f"  {name}: {', '.join(pending)} take it when an owner is "
+                             "assigned")
+            for account, why in sorted(failed.items()):
+                lines.append(f"  {name}: {account} did not answer ({why}); its next owner "
+                             "takes it")
+        _print(args, result, "\n".join(lines))
         return
     account = args.target[0]
     location = _only_location(api, args.location)

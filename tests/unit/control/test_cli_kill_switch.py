@@ -57,3 +57,19 @@ def test_status_shows_the_kill_switch_and_positions_with_pnl() -> None:
     text = render_accounts(fleet)
     assert "KILL" in text and "ON" in text
     assert "BTC/USD 0.5 @ 100 (realized 0, unrealized 2.5)" in text
+
+
+def test_the_fleet_wide_switch_names_accounts_that_take_it_later(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    class Answering(RecordingApi):
+        def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            self.calls.append((method, path, body))
+            return {"kill_switch": True, "locations": {"east": {
+                "status": 207, "accounts": ["a"], "pending": ["b"], "failed": {"c": "timeout"}}}}
+
+    args = build_parser().parse_args(["kill-switch", "--all", "on", "--reason", "halt"])
+    _kill_switch(Answering(), args)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "fleet-wide kill switch on at east" in out
+    assert "east: b take it when an owner is assigned" in out
+    assert "east: c did not answer (timeout)" in out
