@@ -281,11 +281,14 @@ class MarketCore:
         if len(outbox) == 1:
             self._dirty.add(conn.conn_id)
         elif len(outbox) > self.settings.max_outbox_events and conn.closing is None:
-            # A client that cannot keep up is told to come back: its order events are replayed
-            # on resume, its market data resnapshotted; holding more would only grow memory.
-            outbox.clear()
-            conn.closing = (CLOSE_TRY_AGAIN, "slow consumer: reconnect and resume")
-            self._dirty.add(conn.conn_id)
+            self._slow_consumer(conn)
+
+    def _slow_consumer(self, conn: Connection) -> None:
+        # A client that cannot keep up is told to come back: its order events are replayed
+        # on resume, its market data resnapshotted; holding more would only grow memory.
+        conn.outbox.clear()
+        conn.closing = (CLOSE_TRY_AGAIN, "slow consumer: reconnect and resume")
+        self._dirty.add(conn.conn_id)
 
     # ------------------------------------------------------------------ hello / resume
 
@@ -531,27 +534,46 @@ class MarketCore:
             log.warning("malformed link frame dropped", account=account, error=str(exc)[:200])
 
     def _market(self, link: AccountLink, events: Iterable[dict[str, Any]]) -> None:
+        # Consecutive events of one stream are fanned out together (a run): each session's
+        # outbox takes the whole run in one list extend, so the per-session cost is paid once
+        # per run, not once per event. Runs break wherever the stream changes, so every
+        # session still sees its events in the order the Broker sent them.
         table = link.table
+        run_key: StreamKey | None = None
+        run: list[bytes] = []
         for event in events:
             try:
                 kind = event["type"]
                 instrument = event["instrument"]
-                if kind == "ticker":
+                if kind == "trade":
+                    key = StreamKey(instrument, Channel.TRADES)
+                elif kind == "ticker":
                     key = StreamKey(instrument, Channel.TICKER)
-                    if table.sessions(key):
-                        frame = link.last_ticker[instrument] = orjson.dumps(event)
-                        self._fan_out(table, key, frame)
-                elif kind == "trade":
-                    self._fan_out(table, StreamKey(instrument, Channel.TRADES),
-                                  orjson.dumps(event))
                 elif kind == "candle":
-                    self._fan_out(table, StreamKey(instrument, Channel.CANDLES, None,
-                                                   event["interval"]), orjson.dumps(event))
+                    key = StreamKey(instrument, Channel.CANDLES, None, event["interval"])
                 elif kind in ("book_snapshot", "book_delta"):
+                    if run:
+                        self._fan_out(table, run_key, run)  # type: ignore[arg-type]
+                        run_key, run = None, []
                     self._book_event(link, instrument, event)
+                    continue
+                else:
+                    continue
+                if not table.sessions(key):
+                    continue
+                frame = orjson.dumps(event)
+                if kind == "ticker":
+                    link.last_ticker[instrument] = frame
+                if key != run_key:
+                    if run:
+                        self._fan_out(table, run_key, run)  # type: ignore[arg-type]
+                    run_key, run = key, []
+                run.append(frame)
             except _MALFORMED as exc:
                 log.warning("malformed market event dropped", account=link.account,
                             error=str(exc)[:200])
+        if run:
+            self._fan_out(table, run_key, run)  # type: ignore[arg-type]
 
     def _book_event(self, link: AccountLink, instrument: str, event: dict[str, Any]) -> None:
         book = link.books.get(instrument)
@@ -569,7 +591,7 @@ class MarketCore:
             view = link.views[key]
             derived = view.resnapshot(book) if update is BookUpdate.SNAPSHOT else view.follow(book)
             if derived is not None:
-                self._fan_out(link.table, key, orjson.dumps(derived))
+                self._fan_out(link.table, key, [orjson.dumps(derived)])
 
     def _resnapshot(self, link: AccountLink, instrument: str) -> None:
         """Get a fresh upstream snapshot of a book: unsubscribe and subscribe again (the
@@ -581,13 +603,26 @@ class MarketCore:
             self._to_link(link, self._md_frame(True, key))
         book.expect_snapshot()
 
-    def _fan_out(self, table: StreamTable, key: StreamKey, frame: bytes) -> None:
+    def _fan_out(self, table: StreamTable, key: StreamKey, frames: list[bytes]) -> None:
+        """Queue already-encoded events of one stream for every session on it: the same bytes
+        for everyone, one list extend per connection whatever the number of events."""
         sessions = self.sessions
+        dirty = self._dirty
+        limit = self.settings.max_outbox_events
+        count = len(frames)
+        delivered = 0
         for session_id in table.sessions(key):
             conn = sessions[session_id].conn
-            if conn is not None and conn.closing is None:
-                self._emit(conn, frame)
-                self.counters.msgs_out += 1
+            if conn is None or conn.closing is not None:
+                continue
+            outbox = conn.outbox
+            if not outbox:
+                dirty.add(conn.conn_id)
+            outbox += frames
+            delivered += count
+            if len(outbox) > limit:
+                self._slow_consumer(conn)
+        self.counters.msgs_out += delivered
 
     def _session_event(self, link: AccountLink, message: SessionEvent, now: float) -> None:
         session = self.sessions.get(message.session_id)
