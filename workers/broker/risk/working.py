@@ -76,6 +76,15 @@ class OrderLedger:
     def __init__(self) -> None:
         self._orders: dict[str, TrackedOrder] = {}
         self._requests: dict[str, NewOrder] = {}
+        # The working subset, oldest first: every limit check walks it, so it must not grow
+        # with the account's history.
+        self._working: dict[str, TrackedOrder] = {}
+
+    def _track(self, order: TrackedOrder) -> None:
+        if order.is_working:
+            self._working.setdefault(order.client_order_id, order)
+        else:
+            self._working.pop(order.client_order_id, None)
 
     # ------------------------------------------------------------ changes
 
@@ -92,7 +101,7 @@ class OrderLedger:
         if order.client_order_id in self._orders:
             return
         self._requests[order.client_order_id] = order
-        self._orders[order.client_order_id] = TrackedOrder(
+        tracked = self._orders[order.client_order_id] = TrackedOrder(
             client_order_id=order.client_order_id,
             instrument=order.instrument,
             side=order.side,
@@ -104,6 +113,7 @@ class OrderLedger:
             trader_tag=trader_tag,
             plan_id=plan_id,
         )
+        self._track(tracked)
 
     def request_cancel(self, client_order_id: str) -> None:
         order = self._orders.get(client_order_id)
@@ -146,6 +156,7 @@ class OrderLedger:
         order.seen_event = True
         order.qty, order.price = event.qty, event.price
         order.filled, order.status = event.filled_qty, event.status
+        self._track(order)
         if isinstance(event, OrderModified) or not order.is_working:
             order.modify = None
         if not order.is_working:
@@ -164,8 +175,8 @@ class OrderLedger:
 
     def working(self, instrument: str | None = None) -> Iterator[TrackedOrder]:
         """Orders that may still trade, oldest first; only `instrument`'s when given."""
-        for order in self._orders.values():
-            if order.is_working and (instrument is None or order.instrument == instrument):
+        for order in list(self._working.values()):
+            if instrument is None or order.instrument == instrument:
                 yield order
 
     def views(self) -> list[WorkingOrder]:
@@ -237,6 +248,7 @@ class OrderLedger:
                 else (Decimal(modify[0]), None if modify[1] is None else Decimal(modify[1])),
                 seen_event=d["seen_event"],
             )
+            ledger._track(ledger._orders[d["client_order_id"]])
             if d["request"] is not None:
                 ledger._requests[d["client_order_id"]] = NewOrder.model_validate(d["request"])
         return ledger
