@@ -9,7 +9,10 @@ Lifecycle (`open()`):
   2. rebuild the books by replaying the journal;
   3. connect the venue adapter and read the instruments;
   4. reconcile with the venue (`workers.broker.reconcile`), journaling and emitting what the
-     venue did meanwhile, re-sending young intents the venue never saw;
+     venue did meanwhile, re-sending young intents the venue never saw; then compare the
+     position manager's positions with the venue's and correct any difference to the
+     venue's (journaled `position_corrected`, logged, an operator event) — also after every
+     venue reconnect;
   5. only then take requests, and consume the venue's events.
 
 The position manager (`workers.broker.risk`) sits in front of the order tracker: every
@@ -783,6 +786,29 @@ class AccountOwner:
             self._log.info("foreign_open_orders", count=len(plan.foreign))
         self.last_reconcile = {**_summary(plan, "done"), "resent": sorted(resent)}
         self._log.info("reconciled", **self.last_reconcile)
+        await self._check_positions(adapter)
+
+    async def _check_positions(self, adapter: Adapter) -> None:
+        """After the orders are reconciled: the position manager's positions against the
+        venue's. A difference is corrected to the venue's, journaled first (the manager's
+        `PositionCorrected`), logged and told to the operator."""
+        if self.risk is None:
+            return
+        try:
+            venue = await adapter.positions()
+        except AdapterError as exc:
+            self._log.warning("position_check_failed", error=str(exc))
+            return
+        check = self.risk.check_positions(venue, self._clock())
+        if check.unreported:
+            self._log.info("positions_not_reported_by_venue", instruments=check.unreported,
+                           note="the venue reports no position for these (a spot venue "
+                                "keeps assets as balances); they were not compared")
+        if check.working:
+            self._log.info("position_check_deferred", instruments=check.working,
+                           note="orders are working on these; compared after the next "
+                                "reconnect")
+        await self._run_risk(check.effects, None)
 
     async def _plan(self, adapter: Adapter, venue_knows: frozenset[str]) -> ReconcilePlan:
         known = self.book.known_open()
@@ -897,6 +923,13 @@ class AccountOwner:
             self._notable("exit_fired", f"{record.kind.value} exit fired{price}, closing "
                           f"{record.position_qty}", plan_id=record.plan_id,
                           kind=record.kind.value)
+        elif isinstance(record, risk_records.PositionCorrected):
+            sentence = (f"position in {record.instrument} corrected to the venue's "
+                        f"{record.venue_qty} (the fills gave {record.ours_qty})")
+            self._log.warning("position_corrected", instrument=record.instrument,
+                              ours=str(record.ours_qty), venue=str(record.venue_qty))
+            self._notable("position_corrected", sentence, instrument=record.instrument,
+                          ours=str(record.ours_qty), venue=str(record.venue_qty))
         elif isinstance(record, risk_records.KillSwitchChanged):
             state = "engaged" if record.active else "cleared"
             self._notable("kill_switch", f"kill switch {state} by {record.by}"

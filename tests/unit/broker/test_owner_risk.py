@@ -5,7 +5,10 @@ and the manager rebuilt from the journal by the next owner. In-process paper ven
 # ruff: noqa: F811  (pytest fixtures imported from test_owner, used as arguments)
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
@@ -18,7 +21,7 @@ from tests.unit.broker.test_owner import (  # noqa: F401 - fixtures
     types,
     venue,
 )
-from workers.broker.adapters.paper.adapter import PaperAdapter
+from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import KillSwitch, LimitsUpdate
 
@@ -151,3 +154,40 @@ async def test_signal_answers_and_exits_share_the_session_seq_and_come_back_on_r
     assert orjson.loads(second.replay("s1", 0))["events"] == live
     assert [(k, s) for k, s, q, p in owners.journal()
             if k == "risk" and p["record"]["record"] == "exit_triggered"] == [("risk", "s1")]
+
+
+async def test_positions_are_checked_against_the_venue_after_a_reconnect(
+        owners: Owners, venue: PaperVenue, counterparty: PaperAdapter) -> None:
+    notable: list[dict[str, Any]] = []
+    owner, _ = await owners.open(1, on_notable=notable.append)
+    assert [p for k, _, _, p in owners.journal() if k == "risk"] == []  # agreed at open
+    # While the owner's venue connection is down, someone trades the account outside the
+    # platform: the venue's position moves, the fills never reach the position manager.
+    owners.adapters[0].drop()
+    outsider = PaperAdapter(account="acct", venue=venue)
+    await outsider.connect()
+    await counterparty.place_order(order("other", "ask", "sell", "1", "30000"))
+    await outsider.place_order(order("acct", "outside-1", "buy", "0.3", "30000"))
+    await outsider.close()
+    owners.adapters[0].restore()
+    await asyncio.wait_for(_until(lambda: any(
+        p["record"]["record"] == "position_corrected"
+        for k, _, _, p in owners.journal() if k == "risk")), 5)
+    [corrected] = [p["record"] for k, _, _, p in owners.journal()
+                   if k == "risk" and p["record"]["record"] == "position_corrected"]
+    assert (corrected["ours_qty"], corrected["venue_qty"]) == ("0", "0.3")
+    assert owner.risk is not None and owner.risk.positions.qty("BTC/USD") == D("0.3")
+    [event] = [n for n in notable if n["event"] == "position_corrected"]
+    assert event["instrument"] == "BTC/USD" and (event["ours"], event["venue"]) == ("0", "0.3")
+    assert "0.3" in event["message"]
+    # The next owner rebuilds the corrected position from the journal: nothing to correct.
+    await owner.close()
+    second, _ = await owners.open(2)
+    assert second.risk is not None and second.risk.positions.qty("BTC/USD") == D("0.3")
+    assert sum(1 for k, _, _, p in owners.journal()
+               if k == "risk" and p["record"]["record"] == "position_corrected") == 1
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)

@@ -19,6 +19,9 @@ Inputs:
     KillSwitch(active, scope, reason, by)              operator: stop / resume trading
     ClockTick()                                        time passes (time exits), ~1/s
 
+and `check_positions(venue_positions, now)` after every (re)connect: corrects the positions
+the venue reports differently (a journaled `PositionCorrected`; see the method).
+
 Effects, in the order to carry them out:
 
     Journal(record)             append `record` (kind "risk") before any effect after it
@@ -67,7 +70,7 @@ feed the configuration as a `LimitsUpdate` to make an edited file win instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -129,6 +132,7 @@ from workers.broker.risk.records import (
     OrderAdmitted,
     OrderRefused,
     Origin,
+    PositionCorrected,
     RiskRecord,
     SignalAdopted,
     SignalRefused,
@@ -263,6 +267,16 @@ class Alert:
 
 
 Effect = Journal | SubmitOrder | SubmitCancel | SubmitModify | Notify | RefuseRequest | Alert
+
+
+@dataclass(frozen=True, slots=True)
+class PositionCheck:
+    """What `check_positions` found: the corrections to journal (as effects), the held
+    instruments the venue did not report, and those left alone because orders are working."""
+
+    effects: list[Effect]
+    unreported: list[str]
+    working: list[str]
 
 
 # ---------------------------------------------------------------- the manager
@@ -416,6 +430,38 @@ class PositionManager:
         manager._refused = {k: OrderRefused.model_validate(r) for k, r in data["refused"].items()}
         manager._signals = {k: RISK_RECORD.validate_python(r) for k, r in data["signals"].items()}
         return manager
+
+    def check_positions(self, venue: Sequence[Position], now: int) -> PositionCheck:
+        """Compare the positions the fills gave with those the venue reports (after a
+        (re)connect and the order reconciliation). Each instrument whose quantity differs is
+        corrected to the venue's by a journaled `PositionCorrected`. Instruments the venue
+        does not report (a spot venue reports none) are not compared, nor are instruments
+        with orders working — a fill on its way would make a false difference."""
+        reported = {p.instrument: p for p in venue}
+        effects: list[Effect] = []
+        working: list[str] = []
+        for instrument in sorted(reported):
+            theirs = reported[instrument]
+            ours = self.positions.qty(instrument)
+            if theirs.qty == ours:
+                continue
+            if any(True for _ in self.orders.working(instrument)):
+                working.append(instrument)
+                continue
+            record = PositionCorrected(
+                instrument=instrument,
+                ours_qty=ours,
+                venue_qty=theirs.qty,
+                venue_avg_price=theirs.avg_price,
+                at=now,
+            )
+            effects.append(self._commit(record))
+        held = {p.instrument for p in self.positions.positions() if p.qty != 0}
+        return PositionCheck(
+            effects=effects,
+            unreported=sorted(held - set(reported)),
+            working=working,
+        )
 
     # ------------------------------------------------------------ orders
 
@@ -798,6 +844,9 @@ class PositionManager:
             plan = self.exits.get(record.plan_id)
             if plan is not None:
                 self.exits.retire(plan, record.reason)
+        elif isinstance(record, PositionCorrected):
+            self.positions.correct(record.instrument, record.venue_qty, record.venue_avg_price)
+            self._settle(record.instrument)
         elif isinstance(record, LimitsChanged):
             self.engine.update(record.limits)
         elif isinstance(record, KillSwitchChanged):

@@ -54,10 +54,11 @@ class InstrumentPosition:
             self.avg_price = (average * held + exact_price * Fraction(qty)) / (held + Fraction(qty))
             self.qty = EXACT.add(self.qty, signed)
             return Fraction(0)
-        assert self.avg_price is not None
+        # A position taken over from the venue without its price reduces at the fill price.
+        average = self.avg_price if self.avg_price is not None else exact_price
         closed = min(qty, abs(self.qty))
         direction = 1 if self.qty > 0 else -1
-        realized = Fraction(closed) * (exact_price - self.avg_price) * direction
+        realized = Fraction(closed) * (exact_price - average) * direction
         self.realized += realized
         self.qty = EXACT.add(self.qty, signed)
         if self.qty == 0:
@@ -111,6 +112,20 @@ class PositionBook:
         for old in [d for d in self._daily if d <= max(self._daily) - _KEPT_DAYS]:
             del self._daily[old]
         return True
+
+    def correct(self, instrument: str, qty: Decimal, avg_price: Decimal | None) -> None:
+        """Take the venue's word for a position: its quantity, and its average price when
+        it gives one (else ours is kept while the side stays; none after a flip). Realized
+        PnL and fees stay as the fills made them."""
+        position = self._positions.setdefault(instrument, InstrumentPosition(instrument))
+        flipped = position.qty == 0 or (position.qty > 0) != (qty > 0)
+        position.qty = qty
+        if qty == 0:
+            position.avg_price = None
+        elif avg_price is not None:
+            position.avg_price = Fraction(avg_price)
+        elif flipped:
+            position.avg_price = None
 
     # ------------------------------------------------------------ queries
 

@@ -143,6 +143,17 @@ class ExitAbandoned(_Record):
     reason: str
 
 
+class PositionCorrected(_Record):
+    """After a (re)connect the venue reported a different position than the fills gave: the
+    venue's quantity (and average price, when it reports one) is taken from here on."""
+
+    record: Literal["position_corrected"] = "position_corrected"
+    instrument: Instrument
+    ours_qty: Money
+    venue_qty: Money
+    venue_avg_price: Price | None = None
+
+
 class LimitsChanged(_Record):
     """New limits apply from here on."""
 
@@ -171,6 +182,7 @@ RiskRecord = (
     | ExitTriggered
     | CloseIssued
     | ExitAbandoned
+    | PositionCorrected
     | LimitsChanged
     | KillSwitchChanged
 )
@@ -190,6 +202,7 @@ __all__ = [
     "OrderAdmitted",
     "OrderRefused",
     "Origin",
+    "PositionCorrected",
     "RiskRecord",
     "SignalAdopted",
     "SignalRefused",
