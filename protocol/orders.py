@@ -22,7 +22,10 @@ items of `open_orders`). `seq` is the per-session sequence number the Market wor
 Broker-side producers leave it out.
 
 Other server messages: fill (standalone, for reconciliation), positions, balances,
-open_orders.
+open_orders. Each position of `positions` is {account, instrument, qty, avg_price?,
+realized_pnl, unrealized_pnl?, fees?}: the Broker's position manager reports PnL and fees
+per instrument (the venue's own view, reconciled after every connect, for any instrument it
+reports that the fills never touched).
 """
 
 from __future__ import annotations
@@ -397,6 +400,16 @@ class Position(Frozen):
     )
     realized_pnl: Money = Field(
         description="Profit realised by reducing the position, in quote currency, before fees."
+    )
+    unrealized_pnl: Money | None = Field(
+        default=None,
+        description="PnL of the open quantity at the current market price, in quote "
+        "currency; absent when no price is known (or from a Broker that does not report it).",
+    )
+    fees: dict[Currency, Money] | None = Field(
+        default=None,
+        description="Fees paid on the instrument's fills, per currency (a rebate is negative); "
+        "absent from a Broker that does not report them.",
     )
 
 

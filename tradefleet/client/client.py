@@ -367,7 +367,11 @@ class MarketClient:
         return handle
 
     async def positions(self, timeout: float | None = None) -> PositionsSnapshot:
-        """The account's positions now."""
+        """The account's positions now, one `Position` per instrument traded: `qty` (signed),
+        `avg_price` of the open quantity, `realized_pnl` and `unrealized_pnl` (quote
+        currency, exact decimals; unrealized is None without a market price) and `fees` per
+        currency, as the account's position manager holds them (checked against the venue
+        after every reconnect)."""
         answer: PositionsSnapshot = await self._request(
             {"type": "get_positions", "account": self.account}, "positions", timeout)
         return answer

@@ -547,6 +547,12 @@ class AccountOwner:
                         f"the venue did not answer: {exc}", ref=request.ref)
             return
         now = self._clock()
+        if self.risk is not None:
+            # The position manager's view, with PnL and fees; the venue's for instruments
+            # the fills never touched (holdings from before, a foreign order).
+            ours = self.risk.position_report()
+            known = {p.instrument for p in ours}
+            positions = ours + [p for p in positions if p.instrument not in known]
         self._answer(requester, PositionsSnapshot(account=self.account, positions=positions,
                                                   ref=request.ref, ts=now))
         self._answer(requester, BalancesSnapshot(account=self.account, cash=balances.cash,
@@ -1032,13 +1038,13 @@ class AccountOwner:
         if manager is None:
             return {}
         positions = {}
-        for p in manager.position_list():
-            unrealized = manager.unrealized_pnl(p.instrument)
+        for p in manager.position_report():
             positions[p.instrument] = {
                 "qty": str(p.qty),
                 "avg_price": None if p.avg_price is None else str(p.avg_price),
                 "realized_pnl": str(p.realized_pnl),
-                "unrealized_pnl": None if unrealized is None else str(unrealized),
+                "unrealized_pnl": None if p.unrealized_pnl is None else str(p.unrealized_pnl),
+                "fees": {c: str(v) for c, v in (p.fees or {}).items()},
             }
         return {"kill_switch": manager.kill_switch, "position_pnl": positions,
                 "exits": len(manager.exits.active()),

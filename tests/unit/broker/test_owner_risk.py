@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from protocol.orders import NewOrder
+from protocol.orders import NewOrder, PositionsSnapshot
 from tests.unit.broker.test_owner import (  # noqa: F401 - fixtures
+    CONFIG,
     Owners,
     counterparty,
     new_order,
@@ -191,3 +193,34 @@ async def test_positions_are_checked_against_the_venue_after_a_reconnect(
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await asyncio.sleep(0.01)
+
+
+async def test_positions_carry_pnl_and_fees_from_the_position_manager(
+        tmp_path: Path) -> None:
+    # A venue that charges fees: 10 bps taker.
+    priced = PaperVenue(CONFIG.model_copy(update={"taker_fee_bps": D(10)}))
+    seller = PaperAdapter(account="other", venue=priced)
+    await seller.connect()
+    made = Owners(tmp_path / "fees" / "acct.sqlite", priced)
+    try:
+        owner, outbox = await made.open(1)
+        await seller.place_order(order("other", "ask", "sell", "1", "30000"))
+        await owner.route("s1", "cust", new_order("b1", side="buy", qty="0.5", price="30000"))
+        await outbox.wait_for(lambda: owner.book.positions() == {"BTC/USD": D("0.5")})
+        await seller.place_order(order("other", "bid", "buy", "1", "30100"))
+        await owner.route("s1", "cust", new_order("s1", side="sell", qty="0.2", price="30100"))
+        await outbox.wait_for(lambda: owner.book.positions() == {"BTC/USD": D("0.3")})
+        await owner.route("s1", "cust", {"type": "get_positions", "account": "acct",
+                                         "ref": "p"})
+        [answer] = [e for e in outbox.events() if e["type"] == "positions"]
+        [btc] = answer["positions"]
+        assert (btc["qty"], btc["avg_price"], btc["realized_pnl"]) == ("0.3", "30000", "20")
+        assert btc["fees"] == {"USD": "21.02"}  # 10 bps of 15000 and of 6020
+        assert "unrealized_pnl" in btc  # a price is known: the book's last trade or quotes
+        parsed = PositionsSnapshot.model_validate(answer)
+        assert parsed.positions[0].fees == {"USD": D("21.02")}
+        assert owner.info()["position_pnl"]["BTC/USD"]["fees"] == {"USD": "21.02"}
+    finally:
+        for made_owner in made.owners:
+            await made_owner.close()
+        await seller.close()

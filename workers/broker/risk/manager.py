@@ -333,6 +333,22 @@ class PositionManager:
     def position_list(self) -> list[Position]:
         return self.positions.positions()
 
+    def position_report(self) -> list[Position]:
+        """Every position with its PnL — realized from the fills, unrealized at the reference
+        price (absent without one) — and the fees paid per currency."""
+        out = []
+        for position in self.positions.positions():
+            book = self.positions.get(position.instrument)
+            out.append(
+                position.model_copy(
+                    update={
+                        "unrealized_pnl": self.unrealized_pnl(position.instrument),
+                        "fees": dict(sorted(book.fees.items())) if book is not None else {},
+                    }
+                )
+            )
+        return out
+
     def unrealized_pnl(self, instrument: str) -> Decimal | None:
         """Open PnL of the position at the reference price; None without a price."""
         position = self.positions.get(instrument)
