@@ -1,6 +1,6 @@
 """The account journal: every order intent and state change, durable before it is acted on.
 
-One SQLite file (WAL, synchronous=FULL) per account under the data dir. The account's order
+One SQLite file (WAL) per account under the data dir. The account's order
 owner — one Broker worker — is the single writer, and ownership is fenced by epoch: a new owner
 claims the journal with a higher epoch, after which every append by an older owner fails with
 `JournalFenced`, inside the same transaction that would have written. A Broker worker that is
@@ -81,6 +81,10 @@ class Journal:
         self._db.execute("PRAGMA synchronous=" + ("FULL" if durability == "power" else "NORMAL"))
         self._db.executescript(SCHEMA)
         self._claim(worker_id)
+        # Last session_seq per session, read once from the file: while this epoch owns the
+        # journal nobody else appends (every append re-checks the owner in its transaction),
+        # so the cache cannot go stale without the next append failing with JournalFenced.
+        self._session_seqs: dict[str, int] = {}
 
     def _claim(self, worker_id: str) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -117,16 +121,22 @@ class Journal:
                                     f"{owner[0] if owner else '?'}; this worker is {self.epoch}")
             session_seq = None
             if session_id is not None:
-                row = self._db.execute("SELECT MAX(session_seq) FROM entries WHERE "
-                                       "session_id = ?", (session_id,)).fetchone()
-                session_seq = (row[0] or 0) + 1
+                last = self._session_seqs.get(session_id)
+                if last is None:
+                    row = self._db.execute("SELECT MAX(session_seq) FROM entries WHERE "
+                                           "session_id = ?", (session_id,)).fetchone()
+                    last = row[0] or 0
+                session_seq = last + 1
             cursor = self._db.execute(
                 "INSERT INTO entries(ts, kind, epoch, session_id, session_seq, payload) "
                 "VALUES (?,?,?,?,?,?)", (ts, kind, self.epoch, session_id, session_seq, body))
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        if session_id is not None and session_seq is not None:
+            self._session_seqs[session_id] = session_seq
         return Entry(int(cursor.lastrowid or 0), ts, kind, self.epoch, session_id, session_seq,
                      payload)
 
