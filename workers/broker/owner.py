@@ -115,6 +115,7 @@ from workers.broker.risk import records as risk_records
 from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.records import RISK_RECORD, OrderRefused
 from workers.broker.rules import RuleViolation, check_modify, check_new_order
+from tradefleet.service.session_tokens import TRADER_TAG
 from workers.broker.streams import StreamKey
 
 log = structlog.get_logger(__name__)
@@ -176,6 +177,7 @@ def session_frame(session_id: str, event: bytes) -> bytes:
 class _Requester:
     session_id: str
     customer: str
+    trader_tag: str | None = None  # bound to the session; the tag's risk limits apply
 
 
 AdapterFactory = Callable[[str], Adapter]
@@ -422,8 +424,21 @@ class AccountOwner:
     # ------------------------------------------------------------ requests
 
     async def route(self, session_id: str, customer: str, msg: dict[str, Any]) -> None:
-        """Carry out one algo request forwarded by a Market; answers go to the session."""
-        requester = _Requester(session_id, customer)
+        """Carry out one algo request forwarded by a Market; answers go to the session.
+
+        A Market stamps the session's trader tag (signed into its credentials) on the
+        request as `msg["trader_tag"]`; it is not part of the algo's message."""
+        tag = msg.get("trader_tag")
+        if tag is not None:
+            msg = {k: v for k, v in msg.items() if k != "trader_tag"}
+        requester = _Requester(session_id, customer,
+                               tag if isinstance(tag, str) and TRADER_TAG.fullmatch(tag) else None)
+        if tag is not None and requester.trader_tag is None:
+            self._error(requester, ErrorCode.INVALID_FIELD,
+                        "trader_tag must be 1 to 64 letters, digits or ._-", field="trader_tag",
+                        client_order_id=msg.get("client_order_id") if isinstance(
+                            msg.get("client_order_id"), str) else None)
+            return
         try:
             request = parse_client_message(msg)
         except ProtocolError as exc:
@@ -460,7 +475,8 @@ class AccountOwner:
             elif isinstance(request, Signal):
                 await self._watch(request.instrument)
                 await self._run_risk(self._risk().receive(
-                    risk.SignalRequest(request, session_id), self._clock()), requester)
+                    risk.SignalRequest(request, session_id, requester.trader_tag),
+                    self._clock()), requester)
             else:
                 await self._order_request(requester, request)
         except OwnerStopped:
@@ -512,11 +528,13 @@ class AccountOwner:
             # orders it refused, which the tracker never saw).
             await self._watch(request.instrument)
             await self._run_risk(self._risk().receive(
-                risk.OrderRequest(request, requester.session_id), self._clock()), requester)
+                risk.OrderRequest(request, requester.session_id, requester.trader_tag),
+                self._clock()), requester)
             return
         if isinstance(request, ModifyOrder) and owner is not None:
             await self._run_risk(self._risk().receive(
-                risk.ModifyRequest(request, requester.session_id), self._clock()), requester)
+                risk.ModifyRequest(request, requester.session_id, requester.trader_tag),
+                self._clock()), requester)
             return
         await self._submit(request, requester)
 

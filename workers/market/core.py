@@ -453,9 +453,13 @@ class MarketCore:
         if refusal is not None:
             self._emit(conn, encode(refusal.to_error()))
             return
+        msg = request.model_dump(mode="json", exclude_none=True)
+        if conn.claims.trader_tag is not None and isinstance(request, NewOrder | ModifyOrder
+                                                             | Signal):
+            # Signed into the session's token: the Broker applies the tag's risk limits.
+            msg["trader_tag"] = conn.claims.trader_tag
         frame = orjson.dumps({"type": "route", "session_id": session.session_id,
-                              "customer": session.customer,
-                              "msg": request.model_dump(mode="json", exclude_none=True)})
+                              "customer": session.customer, "msg": msg})
         if isinstance(request, NewOrder):
             # Sent now if the link is up, else when it comes up; re-sent after a link drop
             # until answered.
