@@ -11,7 +11,16 @@
 const TOKEN_KEY = "tradefleet.operatorToken";
 const STATES = ["starting", "up", "suspect", "draining", "failed", "stopped", "unreachable"];
 const PROBLEM_EVENTS = new Set(["failed", "suspect", "spawn_failed", "partition_suspected",
-  "manager_silent", "location_unreachable", "location_degraded", "replaced"]);
+  "manager_silent", "location_unreachable", "location_degraded", "replaced", "risk_rejected",
+  "signal_rejected", "venue_down", "position_corrected"]);
+// Worker events (risk refusals, venue resyncs…) carry a `category`; these fill in the
+// category of lines from managers that predate it.
+const EVENT_CATEGORIES = {
+  risk_rejected: "risk", signal_rejected: "risk", exit_fired: "risk", kill_switch: "risk",
+  fleet_kill_switch: "risk", venue_down: "venue", venue_resync: "venue",
+  position_corrected: "venue",
+};
+const RECENT_FILLS_SHOWN = 25;
 const HISTORY_SAMPLES = 300; // one per second: the last five minutes
 const MIN_CHART_SPAN = 20; // samples
 const MAX_EVENTS = 1000;
@@ -460,27 +469,44 @@ function onEvents(events) {
   renderEvents();
 }
 
+function categoryOf(event) {
+  return event.category || EVENT_CATEGORIES[event.event] || null;
+}
+
 function eventMatches(event, text, source) {
-  if (source === "lifecycle" && !(event.source === "manager" && event.worker_id)) return false;
+  const category = categoryOf(event);
+  if (source === "lifecycle" && !(event.source === "manager" && event.worker_id && !category)) return false;
   if (source === "operator" && event.event !== "operator") return false;
   if (source === "infra" && !(event.source === "infra" && event.event !== "operator")) return false;
+  if ((source === "risk" || source === "venue") && category !== source) return false;
   if (source === "problems" && !isProblem(event)) return false;
   if (!text) return true;
   return describe(event).toLowerCase().includes(text);
 }
 
 function isProblem(event) {
+  if ((event.event === "kill_switch" || event.event === "fleet_kill_switch") && event.active) return true;
   return PROBLEM_EVENTS.has(event.event) || (event.event === "operator" && event.status >= 400);
 }
+
+const EVENT_DETAILS = ["count", "desired", "epoch", "status", "error", "reason", "exit_code",
+  "replaces", "old_worker_id", "code", "client_order_id", "signal_id", "instrument", "customer",
+  "dropped_before"];
 
 function describe(event) {
   const parts = [event.location, event.kind, event.event];
   if (event.event === "operator") parts.push(event.action);
+  if (event.account) parts.push(event.account);
   if (event.worker_id) parts.push(event.worker_id);
-  for (const key of ["count", "desired", "epoch", "status", "error", "reason", "exit_code", "replaces", "old_worker_id"]) {
-    if (event[key] !== undefined && event[key] !== null) parts.push(`${key}=${event[key]}`);
+  for (const key of EVENT_DETAILS) {
+    const value = event[key];
+    if (value === undefined || value === null || typeof value === "object") continue;
+    if (SECRETISH.test(key)) continue;
+    parts.push(`${key}=${value}`);
   }
-  return parts.filter((p) => p !== undefined && p !== null && p !== "").join(" ");
+  let text = parts.filter((p) => p !== undefined && p !== null && p !== "").join(" ");
+  if (event.message) text += ` — ${event.message}`;
+  return text;
 }
 
 function renderEvents() {
@@ -490,7 +516,12 @@ function renderEvents() {
   const list = $("event-list");
   const items = shown.map((event) => {
     const item = el("li", { class: isProblem(event) ? "problem" : "" });
-    item.append(el("time", { text: fmtTime(event.ts) }), el("span", { text: describe(event) }));
+    const category = categoryOf(event);
+    if (category) item.dataset.category = category;
+    item.append(el("time", { text: fmtTime(event.ts) }),
+      el("span", { class: `event-tag tag-${category || event.source || "other"}`,
+        text: category || (event.event === "operator" ? "operator" : event.source || "") }),
+      el("span", { class: "event-text", text: describe(event) }));
     return item;
   });
   list.replaceChildren(...items);
@@ -751,9 +782,69 @@ function ownerRank(entry) {
 function renderTrading(fleet) {
   const model = tradingModel(fleet);
   const names = [...model.accounts.keys()].sort();
+  renderFleetKill(fleet);
   renderAccounts(model, names);
   renderPositions(model, names);
+  renderFills(model, names);
   renderTraders(model);
+  renderTraderPositions(model);
+}
+
+function fleetKillOf(fleet) {
+  // Each BrokerManager reports the fleet-wide switch it hands to new owners. Active if any
+  // location has it on; unknown when no BrokerManager reports it.
+  let state = null;
+  for (const loc of fleet.locations) {
+    for (const manager of loc.managers) {
+      const raw = manager.kind === "broker" && manager.info ? manager.info.fleet_kill_switch : undefined;
+      if (!raw || typeof raw !== "object") continue;
+      const here = { active: Boolean(raw.active), reason: String(raw.reason || ""), by: String(raw.by || ""), location: loc.name };
+      if (state === null || (here.active && !state.active)) state = here;
+    }
+  }
+  return state;
+}
+
+function renderFleetKill(fleet) {
+  const box = $("fleet-kill");
+  const state = fleetKillOf(fleet);
+  const label = $("fleet-kill-state");
+  const button = $("fleet-kill-button");
+  box.dataset.active = state === null ? "unknown" : String(state.active);
+  if (state === null) {
+    setText(label, "off");
+    label.className = "badge kill-state state-up";
+    label.title = "No BrokerManager has reported a fleet-wide switch";
+  } else if (state.active) {
+    setText(label, "ACTIVE");
+    label.className = "badge kill-state state-silent";
+    label.title = `at ${state.location}`;
+  } else {
+    setText(label, "off");
+    label.className = "badge kill-state state-up";
+    label.title = "";
+  }
+  const active = state !== null && state.active;
+  setText($("fleet-kill-reason"), active ? [state.reason, state.by && `by ${state.by}`].filter(Boolean).join(" · ") : "");
+  setText(button, active ? "Release fleet-wide" : "Engage fleet-wide");
+  button.classList.toggle("danger", !active);
+  button.setAttribute("aria-label", active ? "Release the fleet-wide kill switch" : "Engage the fleet-wide kill switch");
+}
+
+async function fleetKillAction() {
+  const engaged = $("fleet-kill").dataset.active === "true";
+  const activate = !engaged;
+  const text = activate
+    ? "Engage the fleet-wide kill switch? Every account, at every location, cancels its open orders and refuses new ones — including accounts opened later — until it is released."
+    : "Release the fleet-wide kill switch? Accounts accept orders again (unless their own switch is on).";
+  const reason = await confirmAction(text, activate ? "Engage fleet-wide" : "Release fleet-wide",
+    activate ? "fleet stopped from the dashboard" : "fleet released from the dashboard");
+  if (reason === false) { report(false, "Fleet-wide kill switch unchanged."); return; }
+  const outcome = await call("POST", "/v1/kill-switch", { active: activate, reason });
+  const verb = activate ? "engaged" : "released";
+  if (outcome.ok && outcome.status === 200) report(true, `Fleet-wide kill switch ${verb}.`);
+  else if (outcome.ok) report(false, `Fleet-wide kill switch ${verb} with failures at some locations — ${JSON.stringify(outcome.data.locations || {})}`);
+  else report(false, `Fleet-wide kill switch not ${verb} — ${errorText(outcome)}`);
 }
 
 function cellsRow(count, className) {
@@ -889,17 +980,87 @@ function fmtStrategyState(state) {
   }).join(" · ");
 }
 
+function recentFills(model, names) {
+  const all = [];
+  for (const name of names) {
+    const fills = model.accounts.get(name).info.recent_fills;
+    if (!Array.isArray(fills)) continue;
+    for (const f of fills) {
+      if (!f || typeof f !== "object") continue;
+      all.push({ ...f, account: name, key: `${name}|${f.client_order_id}|${f.fill_id}` });
+    }
+  }
+  all.sort((a, b) => (Number(b.ts) || 0) - (Number(a.ts) || 0) || (a.key < b.key ? -1 : 1));
+  return all.slice(0, RECENT_FILLS_SHOWN);
+}
+
+function renderFills(model, names) {
+  const body = $("fills-body");
+  const fills = recentFills(model, names);
+  for (const f of fills) {
+    const row = keyed(body, f.key, () => {
+      const tr = cellsRow(10, "fill");
+      tr.children[0].classList.add("num-cell");
+      tr.children[8].classList.add("wid");
+      return tr;
+    });
+    const c = row.children;
+    const ms = Number(f.ts) / 1e6;
+    setText(c[0], Number.isFinite(ms) && ms > 0 ? fmtTime(ms / 1000) : "–");
+    c[0].title = Number.isFinite(ms) && ms > 0 ? new Date(ms).toISOString() : "";
+    setText(c[1], f.account);
+    setText(c[2], f.instrument || "–");
+    setText(c[3], f.side || "–");
+    c[3].className = f.side === "buy" ? "gain" : f.side === "sell" ? "short" : "";
+    setAmount(c[4], f.qty);
+    setAmount(c[5], f.price);
+    setAmount(c[6], f.fee);
+    c[6].title = f.fee === undefined ? "" : `${f.fee} ${f.fee_currency || ""}`.trim();
+    setText(c[7], f.liquidity || "–");
+    setText(c[8], f.client_order_id || "–");
+    setText(c[9], f.customer || "–");
+  }
+  const keys = fills.map((f) => f.key);
+  prune(body, new Set(keys));
+  ordered(body, keys);
+  $("fills-empty").hidden = fills.length > 0;
+}
+
+function pnlTotals(pnl) {
+  // {currency: {realized, unrealized}} → one amount when there is one currency, else text.
+  const totals = pnl && pnl.totals && typeof pnl.totals === "object" ? pnl.totals : null;
+  if (!totals) return null;
+  return Object.entries(totals).map(([currency, t]) => ({ currency, ...t }));
+}
+
+function setMoney(cell, amounts) {
+  // `amounts`: [{currency, value}] (value a decimal string or null).
+  if (!amounts || amounts.length === 0) { setAmount(cell, null, 2); return; }
+  if (amounts.length === 1) {
+    setAmount(cell, amounts[0].value, 2);
+    cell.title = amounts[0].value === null || amounts[0].value === undefined ? "not marked yet" : `${amounts[0].value} ${amounts[0].currency}`;
+    return;
+  }
+  setText(cell, amounts.map((a) => `${fmtAmount(a.value, 2)} ${a.currency}`).join(" · "));
+  cell.title = amounts.map((a) => `${a.value} ${a.currency}`).join(", ");
+  cell.classList.add("num-cell");
+  cell.classList.remove("gain", "loss");
+}
+
 function renderTraders(model) {
   const body = $("traders-body");
   const names = [...model.traders.keys()].sort();
   for (const name of names) {
     const { worker, location: where, info } = model.traders.get(name);
     const row = keyed(body, name, () => {
-      const tr = cellsRow(8, "trader");
+      const tr = cellsRow(11, "trader");
       tr.children[0].classList.add("wid");
       tr.children[3].append(el("span", { class: "badge" }));
-      tr.children[4].classList.add("strategy-state");
-      tr.children[6].classList.add("last-error");
+      tr.children[4].dataset.field = "realized";
+      tr.children[5].dataset.field = "unrealized";
+      tr.children[6].dataset.field = "fees";
+      tr.children[7].classList.add("strategy-state");
+      tr.children[9].classList.add("last-error");
       return tr;
     });
     const c = row.children;
@@ -907,23 +1068,63 @@ function renderTraders(model) {
     setText(c[1], info.strategy || "–");
     setText(c[2], info.account || "–");
     badge(c[3].firstChild, info.status || "–");
+    const totals = pnlTotals(info.pnl);
+    setMoney(c[4], totals && totals.map((t) => ({ currency: t.currency, value: t.realized })));
+    setMoney(c[5], totals && totals.map((t) => ({ currency: t.currency, value: t.unrealized })));
+    const fees = info.pnl && info.pnl.fees && typeof info.pnl.fees === "object" ? info.pnl.fees : null;
+    setMoney(c[6], fees && Object.entries(fees).map(([currency, value]) => ({ currency, value })));
+    c[6].classList.remove("gain", "loss");
     const state = fmtStrategyState(info.strategy_state);
-    setText(c[4], state);
-    c[4].title = state;
+    setText(c[7], state);
+    c[7].title = state;
     const errors = info.errors ?? 0;
-    setText(c[5], String(errors));
-    c[5].classList.add("num-cell");
-    c[5].classList.toggle("loss", errors > 0);
-    setText(c[6], info.last_error || "–");
-    c[6].title = info.last_error || "";
-    c[6].classList.toggle("loss", Boolean(info.last_error));
-    setText(c[7], `${worker.id} @ ${where}`);
+    setText(c[8], String(errors));
+    c[8].classList.add("num-cell");
+    c[8].classList.toggle("loss", errors > 0);
+    setText(c[9], info.last_error || "–");
+    c[9].title = info.last_error || "";
+    c[9].classList.toggle("loss", Boolean(info.last_error));
+    setText(c[10], `${worker.id} @ ${where}`);
   }
   prune(body, new Set(names));
   ordered(body, names);
   $("traders-empty").hidden = names.length > 0;
   setText($("traders-idle"), model.idleTraders
     ? `${model.idleTraders} Trader worker${model.idleTraders === 1 ? "" : "s"} on standby.` : "");
+}
+
+function renderTraderPositions(model) {
+  const body = $("trader-positions-body");
+  const order = [];
+  for (const name of [...model.traders.keys()].sort()) {
+    const pnl = model.traders.get(name).info.pnl;
+    const instruments = pnl && pnl.instruments && typeof pnl.instruments === "object" ? pnl.instruments : {};
+    for (const instrument of Object.keys(instruments).sort()) {
+      const p = instruments[instrument] || {};
+      const key = `${name}|${instrument}`;
+      order.push(key);
+      const row = keyed(body, key, () => cellsRow(9, "trader-position"));
+      row.dataset.flat = String(sign(p.position) === 0);
+      const c = row.children;
+      setText(c[0], name);
+      setText(c[1], instrument);
+      setAmount(c[2], p.position);
+      c[2].classList.toggle("short", sign(p.position) < 0);
+      setAmount(c[3], p.avg_cost);
+      setAmount(c[4], p.mark);
+      c[4].title = p.mark ? `${p.mark} (from ${p.mark_source || "?"})` : "";
+      setAmount(c[5], p.realized_pnl, 2);
+      setAmount(c[6], p.unrealized_pnl, 2);
+      const fees = p.fees && typeof p.fees === "object" ? Object.entries(p.fees) : [];
+      setMoney(c[7], fees.map(([currency, value]) => ({ currency, value })));
+      c[7].classList.remove("gain", "loss");
+      setText(c[8], String(p.fills ?? "–"));
+      c[8].classList.add("num-cell");
+    }
+  }
+  prune(body, new Set(order));
+  ordered(body, order);
+  $("trader-positions-empty").hidden = order.length > 0;
 }
 
 // ------------------------------------------------------------------ kill switch
@@ -962,6 +1163,7 @@ function start() {
     connect();
   });
   $("logout").addEventListener("click", () => logout(""));
+  $("fleet-kill-button").addEventListener("click", fleetKillAction);
   $("event-filter").addEventListener("input", renderEvents);
   $("event-source").addEventListener("change", renderEvents);
   $("confirm-reason").addEventListener("keydown", (ev) => {

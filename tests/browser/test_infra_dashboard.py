@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from tests.support.infra import (
     worker_view,
 )
 from protocol.control import Load, WorkerKind, WorkerState
+from tradefleet.client import MarketClient
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
@@ -322,6 +324,18 @@ async def test_fleet_screenshot(page: Any, infra: InfraProcess, http: aiohttp.Cl
         managers["paris-trader"].pending_events = [
             {"ts": time.time(), "event": "suspect", "worker_id": "trader-2-f00d",
              "reason": "control pipe lost"}] if step == 2 else []
+        broker_events = {
+            4: [{"ts": time.time(), "event": "venue_down", "category": "venue",
+                 "worker_id": "broker-1-a3f9", "epoch": 1, "n": 1, "account": "kraken-main",
+                 "message": "venue connection lost: websocket closed by peer"}],
+            5: [{"ts": time.time(), "event": "venue_resync", "category": "venue",
+                 "worker_id": "broker-1-a3f9", "epoch": 1, "n": 2, "account": "kraken-main",
+                 "message": "venue connection restored; order state reconciled"}],
+            6: [{"ts": time.time(), "event": "risk_rejected", "category": "risk",
+                 "worker_id": "broker-1-a3f9", "epoch": 1, "n": 3, "account": "kraken-main",
+                 "code": "risk_position_size", "client_order_id": "mm-8812",
+                 "message": "position in BTC/USD would be 2.5, above max_position_qty 2"}]}
+        managers["paris-broker"].pending_events = broker_events.get(step, [])
 
     shape(0)
     await log_in(page, infra)
@@ -332,6 +346,8 @@ async def test_fleet_screenshot(page: Any, infra: InfraProcess, http: aiohttp.Cl
     await managers["tokyo-broker"].stop()  # tokyo goes dark
     tokyo = page.locator('article.location[data-key="tokyo"] .location-head .badge')
     await expect(tokyo).to_have_text("unreachable", timeout=10_000)
+    await expect(page.locator('#event-list li[data-category="risk"]')).to_have_count(1)
+    await expect(page.locator('#event-list li[data-category="venue"]')).to_have_count(2)
     await page.screenshot(path=str(screenshot_dir(tmp_path) / "dashboard-fleet.png"),
                           full_page=True)
 
@@ -473,8 +489,8 @@ async def test_trading_view_follows_a_real_fleet_without_reload(
     await expect(tcells.nth(1)).to_have_text("examples.ma_cross:MovingAverageCross")
     await expect(tcells.nth(2)).to_have_text("paper-1")
     await expect(tcells.nth(3)).to_have_text("running")
-    await expect(tcells.nth(4)).to_contain_text("signals=")
-    await expect(tcells.nth(7)).to_contain_text("trader-")
+    await expect(tcells.nth(7)).to_contain_text("signals=")
+    await expect(tcells.nth(10)).to_contain_text("trader-")
 
     # The hosted moving-average trader keeps trading: fills and signals grow on the page,
     # pushed over the stream (no reload).
@@ -482,7 +498,7 @@ async def test_trading_view_follows_a_real_fleet_without_reload(
     before = await int_text(fills)
     await expect(fills).not_to_have_text(str(before), timeout=45_000)
     assert await int_text(fills) > before
-    signals = tcells.nth(4)
+    signals = tcells.nth(7)
     first_state = await signals.inner_text()
     await expect(signals).not_to_have_text(first_state, timeout=45_000)
 
@@ -493,8 +509,19 @@ async def test_trading_view_follows_a_real_fleet_without_reload(
     await expect(held).to_have_count(1, timeout=45_000)
     await expect(held.locator("td").nth(0)).to_have_text("BTC/USD")
     await expect(held.locator("td").nth(1)).not_to_have_text("0")
-    await page.screenshot(path=str(screenshot_dir(tmp_path) / "dashboard-trading.png"),
-                          full_page=True)
+
+    # Its fills are in the recent fills, newest first, and its own PnL in the traders table.
+    newest = page.locator("#fills-body tr").first.locator("td")
+    await expect(newest.nth(0)).to_have_text("paper-1")
+    await expect(newest.nth(1)).to_have_text("BTC/USD")
+    await expect(newest.nth(2)).to_have_text(re.compile(r"^(buy|sell)$"))
+    await expect(newest.nth(7)).not_to_have_text("–")
+    await expect(page.locator("#fills-empty")).to_be_hidden()
+    await expect(tcells.nth(4)).not_to_have_text("–")  # realized PnL
+    await expect(tcells.nth(5)).not_to_have_text("–")  # unrealized, marked at its trades
+    traded = page.locator('#trader-positions-body tr[data-key="ma-cross|BTC/USD"] td')
+    await expect(traded.nth(0)).to_have_text("BTC/USD")
+    assert await int_text(traded.nth(7)) > 0  # fills counted
 
     # The kill switch asks first; cancelling (keyboard only) sends nothing.
     await account.locator(".kill-button").focus()
@@ -516,11 +543,50 @@ async def test_trading_view_follows_a_real_fleet_without_reload(
     await expect(account.locator(".kill-state")).to_have_text("ACTIVE", timeout=15_000)
     await expect(account.locator(".kill-reason")).to_contain_text("browser test")
 
+    # An algo's order is now refused by the account's risk checks: the refusal reaches the
+    # event log, under the risk filter, with the engaging of the switch before it.
+    market_url = (real_fleet.data_dir / "run" / "market-manager.url").read_text().strip()
+    async with await MarketClient.connect(market_url, secrets["api_token.demo"],
+                                          account="paper-1") as client:
+        order = await client.place_order("BTC/USD", "buy", "0.01", order_type="market",
+                                         time_in_force="IOC")
+        await order.done(timeout=20)
+    assert order.error is not None and order.error.code == "kill_switch"
+    await page.select_option("#event-source", "risk")
+    refusal = page.locator("#event-list li", has_text=order.client_order_id)
+    await expect(refusal).to_have_count(1, timeout=15_000)
+    await expect(refusal).to_contain_text("risk_rejected paper-1 broker-")
+    await expect(refusal).to_contain_text("code=kill_switch")
+    await expect(refusal).to_have_attribute("data-category", "risk")
+    await expect(page.locator("#event-list li", has_text="kill_switch paper-1")).not_to_have_count(0)
+    await page.select_option("#event-source", "lifecycle")
+    await expect(page.locator("#event-list li", has_text="risk_rejected")).to_have_count(0)
+    await page.select_option("#event-source", "")
+    await page.screenshot(path=str(screenshot_dir(tmp_path) / "dashboard-trading.png"),
+                          full_page=True)
+
     # No secret ever reaches the page, in any view.
     html = await page.content()
     for name, value in secrets.items():
         assert value not in html, f"the page shows the secret {name}"
     assert await page.evaluate("window.__noReload") is True
+
+
+def fill_info(ms: int, fill_id: str, cid: str, instrument: str, side: str, qty: str,
+              price: str, fee: str) -> dict[str, Any]:
+    """One line of a Broker's `recent_fills`, `ms` milliseconds into a fixed day."""
+    return {"ts": (1_763_700_000_000 + ms) * 1_000_000, "fill_id": fill_id,
+            "client_order_id": cid, "instrument": instrument, "side": side, "qty": qty,
+            "price": price, "fee": fee, "fee_currency": "USD", "liquidity": "taker",
+            "customer": "desk"}
+
+
+QUOTER_PNL = {"instruments": {"BTC/USD": {
+    "position": "0.05", "avg_cost": "60015", "realized_pnl": "12.5", "unrealized_pnl": "-0.75",
+    "mark": "60000", "mark_source": "ticker", "fees": {"USD": "0.4"}, "fills": 6,
+    "bought": "0.3", "sold": "0.25"}},
+    "totals": {"USD": {"realized": "12.5", "unrealized": "-0.75"}}, "fees": {"USD": "0.4"},
+    "fills": 6}
 
 
 async def test_trading_view_shows_risk_fields_when_present_and_degrades_without(
@@ -540,9 +606,14 @@ async def test_trading_view_shows_risk_fields_when_present_and_degrades_without(
                              "unrealized_pnl": None},
                  "SOL/USD": {"qty": "0", "avg_price": None, "realized_pnl": "0.1",
                              "unrealized_pnl": None}},
-             "kill_switch": "the account kill switch (ops: venue incident)"}
+             "kill_switch": "the account kill switch (ops: venue incident)",
+             "recent_fills": [
+                 fill_info(3_000, "f3", "kr-c3", "ETH/USD", "sell", "1.5", "3100", "0.93"),
+                 fill_info(1_000, "f1", "kr-c1", "BTC/USD", "buy", "0.25", "61000.5", "3.05")]}
     plain = {"account": "paper-9", "venue": "paper", "state": "reconciling", "ready": False,
-             "connected": False, "open_orders": 0, "orders": 0, "fills": 0, "positions": {}}
+             "connected": False, "open_orders": 0, "orders": 0, "fills": 0, "positions": {},
+             "recent_fills": [fill_info(2_000, "p2", "pp-1", "BTC/USD", "buy", "0.01",
+                                        "60000", "0")]}
     broker = await fake(fakes, http, infra, "lis-broker", "lisbon", WorkerKind.BROKER,
                         [with_info("broker-1-aaaa", WorkerKind.BROKER, risky),
                          with_info("broker-2-bbbb", WorkerKind.BROKER, plain),
@@ -552,7 +623,7 @@ async def test_trading_view_shows_risk_fields_when_present_and_degrades_without(
                             "trader": "quoter", "strategy": "examples.quoter:Quoter",
                             "account": "kr-1", "status": "failed", "errors": 4,
                             "strategy_state": {"spread": "0.5", "api_key": "leak-me-not"},
-                            "last_error": "Strategy raised: boom"}),
+                            "last_error": "Strategy raised: boom", "pnl": QUOTER_PNL}),
                          with_info("trader-2-eeee", WorkerKind.TRADER, {"status": "standby"})])
 
     # A laptop screen.
@@ -582,6 +653,18 @@ async def test_trading_view_shows_risk_fields_when_present_and_degrades_without(
     await expect(paper.locator(".kill-button")).to_have_text("Kill switch")
     await expect(page.locator("#accounts-body tr")).to_have_count(2)  # standby holds none
 
+    # Recent fills: newest first across accounts (kr-1, paper-9, kr-1 again).
+    fills = page.locator("#fills-body tr")
+    await expect(fills).to_have_count(3)
+    await expect(fills.nth(0).locator("td").nth(0)).to_have_text("kr-1")
+    await expect(fills.nth(0).locator("td").nth(1)).to_have_text("ETH/USD")
+    await expect(fills.nth(0).locator("td").nth(2)).to_have_text("sell")
+    await expect(fills.nth(0).locator("td").nth(3)).to_have_text("1.5")
+    await expect(fills.nth(0).locator("td").nth(7)).to_have_text("kr-c3")
+    await expect(fills.nth(1).locator("td").nth(0)).to_have_text("paper-9")
+    await expect(fills.nth(2).locator("td").nth(4)).to_have_text("61000.5")
+    await expect(page.locator("#fills-empty")).to_be_hidden()
+
     short = page.locator('#positions-body tr[data-key="kr-1|ETH/USD"] td')
     await expect(short.nth(1)).to_have_text("-1.5")
     await expect(short.nth(2)).to_have_text("3100")
@@ -590,9 +673,21 @@ async def test_trading_view_shows_risk_fields_when_present_and_degrades_without(
 
     quoter = page.locator('#traders-body tr[data-key="quoter"] td')
     await expect(quoter.nth(2)).to_have_text("failed")
-    await expect(quoter.nth(3)).to_have_text("spread=0.5 · api_key=•••")
-    await expect(quoter.nth(4)).to_have_text("4")
-    await expect(quoter.nth(5)).to_have_text("Strategy raised: boom")
+    await expect(quoter.nth(3)).to_have_text("12.5")  # realized PnL, in USD
+    await expect(quoter.nth(3)).to_have_class(re.compile(r"\bgain\b"))
+    await expect(quoter.nth(4)).to_have_text("-0.75")
+    await expect(quoter.nth(4)).to_have_class(re.compile(r"\bloss\b"))
+    await expect(quoter.nth(5)).to_have_text("0.4")
+    await expect(quoter.nth(6)).to_have_text("spread=0.5 · api_key=•••")
+    await expect(quoter.nth(7)).to_have_text("4")
+    await expect(quoter.nth(8)).to_have_text("Strategy raised: boom")
+    held = page.locator('#trader-positions-body tr[data-key="quoter|BTC/USD"] td')
+    await expect(held.nth(0)).to_have_text("BTC/USD")
+    await expect(held.nth(1)).to_have_text("0.05")
+    await expect(held.nth(2)).to_have_text("60015")
+    await expect(held.nth(3)).to_have_text("60000")
+    await expect(held.nth(7)).to_have_text("6")
+    await expect(page.locator("#trader-positions-body tr")).to_have_count(1)
     await expect(page.locator("#traders-idle")).to_have_text("1 Trader worker on standby.")
     assert "leak-me-not" not in await page.content()
 
@@ -606,7 +701,48 @@ async def test_trading_view_shows_risk_fields_when_present_and_degrades_without(
         "trader": "quoter", "strategy": "examples.quoter:Quoter", "account": "kr-1",
         "status": "running", "errors": 4, "strategy_state": {"spread": "0.4"}})]
     await expect(quoter.nth(2)).to_have_text("running")
-    await expect(quoter.nth(5)).to_have_text("–")
+    await expect(quoter.nth(8)).to_have_text("–")
+    await expect(quoter.nth(3)).to_have_text("–")  # a trader that reports no PnL yet
+    await expect(page.locator("#trader-positions-body tr")).to_have_count(0)
+
+    # The fleet-wide kill switch the BrokerManager keeps: shown, and released by keyboard.
+    await expect(page.locator("#fleet-kill-state")).to_have_text("off")
+    broker.info = {"fleet_kill_switch": {"active": True, "reason": "desk halt", "by": "ops",
+                                         "at": 1.0}}
+    await expect(page.locator("#fleet-kill-state")).to_have_text("ACTIVE")
+    await expect(page.locator("#fleet-kill-reason")).to_have_text("desk halt · by ops")
+    await page.locator("#fleet-kill-button").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#confirm-text")).to_contain_text("Release the fleet-wide")
+    await expect(page.locator("#confirm-cancel")).to_be_focused()
+    await page.keyboard.press("Tab")
+    await expect(page.locator("#confirm-ok")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#result")).to_have_text("Fleet-wide kill switch released.")
+    assert broker.commands[-1][:3] == ("POST", "/v1/kill-switch", {
+        "active": False, "reason": "fleet released from the dashboard"})
+
+    # Risk and venue events from the Broker workers, each under its own filter.
+    broker.pending_events = [
+        {"ts": time.time(), "event": "venue_down", "category": "venue",
+         "worker_id": "broker-1-aaaa", "epoch": 1, "n": 1, "account": "kr-1",
+         "message": "venue connection lost: socket closed"},
+        {"ts": time.time(), "event": "risk_rejected", "category": "risk",
+         "worker_id": "broker-1-aaaa", "epoch": 1, "n": 2, "account": "kr-1",
+         "code": "risk_order_notional", "client_order_id": "big-1",
+         "message": "order notional 300,000.00 exceeds max_order_notional 100,000.00"}]
+    await page.select_option("#event-source", "risk")
+    risky_line = page.locator("#event-list li").first
+    await expect(risky_line).to_contain_text("risk_rejected kr-1 broker-1-aaaa")
+    await expect(risky_line).to_contain_text("code=risk_order_notional")
+    await expect(risky_line).to_contain_text("exceeds max_order_notional")
+    await expect(risky_line).to_have_class(re.compile(r"\bproblem\b"))
+    await expect(page.locator("#event-list li")).to_have_count(1)
+    await page.select_option("#event-source", "venue")
+    await expect(page.locator("#event-list li")).to_have_count(1)
+    await expect(page.locator("#event-list li").first).to_contain_text("venue_down")
+    await page.select_option("#event-source", "lifecycle")
+    await expect(page.locator("#event-list li", has_text="risk_rejected")).to_have_count(0)
 
     # Readable at laptop width: nothing forces the page to scroll sideways.
     assert await page.evaluate(

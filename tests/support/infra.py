@@ -139,6 +139,7 @@ class FakeManager:
         self.heartbeat_s = heartbeat_s
         self.workers: list[WorkerView] = []
         self.desired = 0
+        self.info: dict[str, Any] = {}  # the ManagerView's info (e.g. fleet_kill_switch)
         self.pending_events: list[dict[str, Any]] = []
         self.stream_headers: list[dict[str, str]] = []
         self.commands: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
@@ -162,7 +163,7 @@ class FakeManager:
     def snapshot(self) -> bytes:
         view = ManagerView(id=self.manager_id, kind=self.kind, location=self.location,
                            url=self.url, epoch=self.epoch, desired=self.desired,
-                           workers=self.workers)
+                           workers=self.workers, info=self.info)
         events, self.pending_events = self.pending_events, []
         return encode(ManagerSnapshot(manager=view, events=events))
 
@@ -237,6 +238,10 @@ class FakeManager:
         if request.path == "/v1/desired":
             assert body is not None
             return web.json_response({"desired": body["desired"]})
+        if request.path == "/v1/kill-switch":
+            assert body is not None
+            return web.json_response({"kill_switch": body["active"], "accounts": [],
+                                      "pending": [], "failed": {}})
         worker_id = request.path.split("/")[3]
         return web.json_response({"worker_id": worker_id, "action": request.path.split("/")[-1],
                                   "accepted": True})
