@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -108,6 +107,7 @@ from workers.broker.adapters.kraken.sequence import (
 from workers.broker.adapters.kraken.symbols import to_v2
 from workers.broker.adapters.kraken.wire import rfc3339_ns
 from workers.broker.adapters.kraken.ws import KrakenSocket, SocketClosed
+from workers.broker.adapters.queue import EventQueue
 
 log = structlog.get_logger(__name__)
 
@@ -186,10 +186,7 @@ class KrakenSpotAdapter(Adapter):
         self._instrument_frame: asyncio.Future[dict[str, Any]] | None = None
         self._resync_wanted = asyncio.Event()
         self._resync_task: asyncio.Task[None] | None = None
-        self._queue: deque[AdapterEvent] = deque()
-        self._wakeup = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        self._queue = EventQueue(self.config.max_queue)
         self._fatal: FatalAdapterError | None = None
         self._closed = False
         self.stats = AdapterStats(feed=self._feed.stats)
@@ -263,8 +260,7 @@ class KrakenSpotAdapter(Adapter):
             return
         self._closed = True
         await self._shutdown()
-        self._wakeup.set()
-        self._space.set()
+        self._queue.close()
 
     async def _shutdown(self) -> None:
         tasks = [
@@ -295,25 +291,12 @@ class KrakenSpotAdapter(Adapter):
             await session.close()
 
     async def events(self) -> AsyncIterator[AdapterEvent]:
-        low_water = self.config.max_queue // 2
-        while True:
-            while self._queue:
-                event = self._queue.popleft()
-                if len(self._queue) <= low_water:
-                    self._space.set()
-                yield event
-            if self._closed:
-                return
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        async for event in self._queue.drain():
+            yield event
 
     async def _push(self, event: AdapterEvent) -> None:
-        self._queue.append(event)
-        self._wakeup.set()
-        if len(self._queue) >= self.config.max_queue and not self._closed:
-            # Stop reading: TCP pushes back to the venue instead of memory growing here.
-            self._space.clear()
-            await self._space.wait()
+        # Waits while the Broker lags: the socket stops being read and TCP pushes back.
+        await self._queue.put((event,))
 
     # ------------------------------------------------------------ market data
 

@@ -19,10 +19,8 @@ of one quote unit for PI contracts.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -72,6 +70,7 @@ from workers.broker.adapters.kraken_futures.requests import (
 )
 from workers.broker.adapters.kraken_futures.rest import FuturesRestClient
 from workers.broker.adapters.kraken_futures.ws import FeedRunner
+from workers.broker.adapters.queue import EventQueue
 
 log = structlog.get_logger(__name__)
 
@@ -120,10 +119,7 @@ class KrakenFuturesAdapter(Adapter):
         self._rest: FuturesRestClient | None = None
         self._core: FeedCore | None = None
         self._runner: FeedRunner | None = None
-        self._queue: deque[AdapterEvent] = deque()
-        self._wakeup = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        self._queue = EventQueue(self.config.max_queue)
         self._closed = False
 
     # ------------------------------------------------------------ state
@@ -212,33 +208,18 @@ class KrakenFuturesAdapter(Adapter):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-        self._wakeup.set()
-        self._space.set()
+        self._queue.close()
 
     async def events(self) -> AsyncIterator[AdapterEvent]:
-        low_water = self.config.max_queue // 2
-        while True:
-            while self._queue:
-                event = self._queue.popleft()
-                if len(self._queue) <= low_water:
-                    self._space.set()
-                yield event
-            if self._closed:
-                return
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        async for event in self._queue.drain():
+            yield event
 
     def _push(self, events: list[OrderEvent] | list[AdapterEvent]) -> None:
-        if events:
-            self._queue.extend(events)
-            self._wakeup.set()
+        self._queue.push_all(events)
 
     async def _deliver(self, events: list[AdapterEvent]) -> None:
         """The feed's way in: waits (so the feed stops reading) while the consumer lags."""
-        self._push(events)
-        if len(self._queue) >= self.config.max_queue and not self._closed:
-            self._space.clear()
-            await self._space.wait()
+        await self._queue.put(events)
 
     def _usable(self) -> tuple[FuturesRestClient, FeedCore, FeedRunner]:
         if self._closed:

@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -56,6 +55,7 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.adapters.paper import wire
 from workers.broker.adapters.paper.adapter import DEFAULT_BOOK_DEPTH
+from workers.broker.adapters.queue import EventQueue
 
 log = structlog.get_logger(__name__)
 
@@ -293,7 +293,6 @@ class RemotePaperAdapter(Adapter):
         self._token = token
         self._reconnect = reconnect or ReconnectPolicy()
         self._timeout_s = request_timeout_s
-        self._max_queue = max_queue
         self._rng = rng or random.Random()
         self._log = log.bind(account=account, venue=self.venue)
         self._session: aiohttp.ClientSession | None = None
@@ -304,10 +303,7 @@ class RemotePaperAdapter(Adapter):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._specs: dict[str, InstrumentSpec] = {}
-        self._queue: deque[AdapterEvent] = deque()
-        self._wakeup = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        self._queue = EventQueue(max_queue)
         self._fatal: FatalAdapterError | None = None
         self._closed = False
 
@@ -365,21 +361,11 @@ class RemotePaperAdapter(Adapter):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-        self._wakeup.set()
-        self._space.set()
+        self._queue.close()
 
     async def events(self) -> AsyncIterator[AdapterEvent]:
-        low_water = self._max_queue // 2
-        while True:
-            while self._queue:
-                event = self._queue.popleft()
-                if len(self._queue) <= low_water:
-                    self._space.set()
-                yield event
-            if self._closed:
-                return
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        async for event in self._queue.drain():
+            yield event
 
     # ------------------------------------------------------------ market data
 
@@ -563,7 +549,7 @@ class RemotePaperAdapter(Adapter):
         """Order ops go over the stream while it is up and being read; otherwise over REST
         (the reader pauses when `events()` falls behind, and an answer must not wait on the
         very consumer that is waiting for it)."""
-        return self.connected and self._space.is_set() and self._fatal is None
+        return self.connected and self._queue.flowing and self._fatal is None
 
     async def _order_op(self, request: dict[str, Any], client_order_id: str) -> OrderSnapshot:
         """One order op over the stream. Raises `OrderRejectedError` (the venue's code) or
@@ -715,12 +701,8 @@ class RemotePaperAdapter(Adapter):
 
     async def _on_frame(self, frame: StreamFrame) -> None:
         if isinstance(frame, EventsFrame):
-            for event in frame.events:
-                self._push(event)
-            if len(self._queue) >= self._max_queue:
-                # Stop reading: TCP pushes back to the venue instead of memory growing here.
-                self._space.clear()
-                await self._space.wait()
+            # Waits while the Broker lags: TCP then pushes back on the venue.
+            await self._queue.put(frame.events)
         elif isinstance(frame, AckFrame):
             self._resolve(frame.id, None)
         elif isinstance(frame, OrderFrame):
@@ -794,5 +776,4 @@ class RemotePaperAdapter(Adapter):
         self._push(ConnectionChanged(False, f"gave up: {error}", time.time_ns()))
 
     def _push(self, event: AdapterEvent) -> None:
-        self._queue.append(event)
-        self._wakeup.set()
+        self._queue.push(event)
