@@ -3,6 +3,12 @@
 `POST /v1/sessions` with an algo API token answers where to connect and with what credentials.
 Resuming (`{"session_id": ...}`) may land on another Market worker; the Broker's journal makes
 the resume lossless wherever it lands.
+
+`{"trader_tag": "..."}` (1-64 of `[A-Za-z0-9._-]`) tags the session: the account's per-tag
+risk limits (`accounts.<name>.risk.trader_tags`) then apply to its orders and signals. The tag
+is signed into the session token and the session id is derived from it, so it holds for the
+session's whole life: resuming needs the same tag (or none for an untagged session), else
+`403 forbidden` naming `trader_tag`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pydantic import Field
 from managers.manager import Manager
 from managers.supervision import WorkerRecord
 from protocol.control import Frozen, WorkerState
+from tradefleet.service import session_tokens
 
 SESSION_TTL_S = 24 * 3600.0
 
@@ -24,6 +31,9 @@ class SessionRequest(Frozen):
                                 description="Account to trade; default: the customer's first.")
     session_id: str | None = Field(None, min_length=1, max_length=128,
                                    description="An existing session to resume.")
+    trader_tag: str | None = Field(None, pattern=rf"^{session_tokens.TRADER_TAG.pattern}$",
+                                   description="Tag of the trader; the account's limits for "
+                                               "this tag apply to the session's orders.")
 
 
 class SessionRefused(Exception):
@@ -72,18 +82,32 @@ class SessionPlacer:
         if account not in allowed:
             raise SessionRefused(403, "forbidden", f"this token may not trade account "
                                                    f"'{account}'", "account")
+        tag, secret = request.trader_tag, self.manager.join_token
         if request.session_id is not None:
             if session_customer(request.session_id) != customer:
                 raise SessionRefused(403, "forbidden", "that session belongs to another "
                                                        "customer", "session_id")
+            if not session_tokens.session_tag_matches(secret, request.session_id, tag):
+                raise SessionRefused(403, "forbidden", (
+                    f"that session was not created with trader_tag {tag!r}; resume it with "
+                    f"the tag it was created with (none if it had none)" if tag is not None
+                    else "that session was created with a trader_tag; resume it with the "
+                    "same trader_tag"), "trader_tag")
             session_id = request.session_id
+        elif tag is not None:
+            session_id = session_tokens.tagged_session_id(secret, customer, tag)
         else:
             session_id = new_session_id(customer)
         worker = self.choose()
-        token, expires_at = mint(session_id, customer, account, SESSION_TTL_S)
+        if tag is None:
+            token, expires_at = mint(session_id, customer, account, SESSION_TTL_S)
+        else:  # the same signing as `mint`, with the tag in the signed payload
+            token, expires_at = session_tokens.mint(secret, session_id, customer, account,
+                                                    SESSION_TTL_S, trader_tag=tag)
         base = worker.url or ""  # candidates() only yields workers with a URL
         ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) \
             + "/v1/session"
         return {"session_id": session_id, "session_token": token, "ws_url": ws_url,
                 "account": account, "customer": customer, "expires_at": expires_at,
-                "worker_id": worker.id, "resumed": request.session_id is not None}
+                "worker_id": worker.id, "resumed": request.session_id is not None,
+                **({"trader_tag": tag} if tag is not None else {})}

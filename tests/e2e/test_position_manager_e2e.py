@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from protocol.signals import ExitFired, SignalAccepted
+from protocol.signals import ExitFired, SignalAccepted, SignalRejected
 from tests.e2e.test_trading_e2e import connect, ledger, secrets_of
 from tests.support.fleet import FAST_CONFIG, RunningFleet, start_fleet, wait_for, workers_of
 from tradefleet.client import MarketClient
@@ -53,9 +53,13 @@ venue = "paper"
 venue = "paper"
 [accounts.pm-shared.risk]
 max_position_qty = {{ "{STILL}" = "1" }}
+[accounts.pm-tags]
+venue = "paper"
+[accounts.pm-tags.risk]
+trader_tags = {{ scalper = {{ max_order_notional = "50" }} }}
 
 [customers.demo]
-accounts = ["pm-exit", "pm-kill9", "pm-switch", "pm-shared"]
+accounts = ["pm-exit", "pm-kill9", "pm-switch", "pm-shared", "pm-tags"]
 
 [paper]
 seed = 5
@@ -73,7 +77,7 @@ spread_ticks = 10
 level_lots = [500, 500]
 """
 
-ACCOUNTS = ("pm-exit", "pm-kill9", "pm-switch", "pm-shared")
+ACCOUNTS = ("pm-exit", "pm-kill9", "pm-switch", "pm-shared", "pm-tags")
 
 
 def accounts_ready(fleet: RunningFleet) -> dict[str, Any] | None:
@@ -367,3 +371,30 @@ async def test_two_algos_of_one_customer_share_the_account_limits(fleet: Running
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_trader_tag_s_stricter_limit_applies_to_the_tagged_session_only(
+        fleet: RunningFleet) -> None:
+    url = fleet.manager_url_files["market"].read_text().strip()
+    tagged = await MarketClient.connect(url, secrets_of(fleet)["api_token.demo"],
+                                        account="pm-tags", trader_tag="scalper")
+    untagged = await connect(fleet, "pm-tags")
+    try:
+        # 0.1 × 980 = 98: over the scalper tag's 50, within the account's (unlimited) limits.
+        refused = await tagged.place_order(STILL, "buy", "0.1", MID - 20)
+        await refused.done(timeout=20)
+        assert refused.error is not None and refused.error.code == "risk_order_notional"
+        assert "trader tag scalper" in str(refused.error), refused.error
+        assert "max_order_notional" in str(refused.error)
+        accepted = await untagged.place_order(STILL, "buy", "0.1", MID - 20)
+        await accepted.accepted(timeout=20)
+        await untagged.cancel_order(accepted.client_order_id)
+        await accepted.done(timeout=20)
+        # Signals of the tagged session meet the same limit.
+        answer = await tagged.send_signal(STILL, direction="long", qty="0.1",
+                                          entry_price=str(MID - 20), timeout=20)
+        assert isinstance(answer, SignalRejected) and answer.code == "risk_order_notional"
+        assert "trader tag scalper" in answer.message
+    finally:
+        await tagged.close()
+        await untagged.close()

@@ -92,3 +92,35 @@ def test_new_sessions_spread_over_the_least_loaded_workers(market_manager) -> No
               for _ in range(4)]
     assert len(set(placed)) == 2
     assert placed.count(placed[0]) == 2
+
+
+def test_a_trader_tag_is_validated_signed_and_bound_to_the_session(market_manager) -> None:  # type: ignore[no-untyped-def]
+    http, secrets = market_manager
+    alice = "alice-token-0123456789abcdef"
+    for bad in ("", "has space", "x" * 65, 7):
+        status, body = http.call("POST", "/v1/sessions", {"trader_tag": bad}, token=alice)
+        assert status == 400, body
+        assert (body["error"]["code"], body["error"]["field"]) == ("invalid_field", "trader_tag")
+    status, tagged = http.call("POST", "/v1/sessions", {"trader_tag": "desk.scalper-1"},
+                               token=alice)
+    assert status == 200 and tagged["trader_tag"] == "desk.scalper-1", tagged
+    claims = session_tokens.verify(secrets["join_token"], tagged["session_token"])
+    assert claims.trader_tag == "desk.scalper-1"
+    # Resuming keeps the tag: the same one is needed, no other, and not none.
+    resume = {"session_id": tagged["session_id"], "trader_tag": "desk.scalper-1"}
+    status, again = http.call("POST", "/v1/sessions", resume, token=alice)
+    assert status == 200 and again["session_id"] == tagged["session_id"]
+    assert session_tokens.verify(secrets["join_token"], again["session_token"]).trader_tag \
+        == "desk.scalper-1"
+    for other in ({"session_id": tagged["session_id"]},
+                  {"session_id": tagged["session_id"], "trader_tag": "another"}):
+        status, body = http.call("POST", "/v1/sessions", other, token=alice)
+        assert status == 403 and body["error"]["field"] == "trader_tag", body
+    status, plain = http.call("POST", "/v1/sessions", {}, token=alice)
+    assert status == 200 and "trader_tag" not in plain
+    assert session_tokens.verify(secrets["join_token"], plain["session_token"]).trader_tag \
+        is None
+    status, body = http.call("POST", "/v1/sessions",
+                             {"session_id": plain["session_id"], "trader_tag": "desk"},
+                             token=alice)
+    assert status == 403 and body["error"]["field"] == "trader_tag"

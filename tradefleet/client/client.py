@@ -147,11 +147,13 @@ class MarketClient:
 
     def __init__(self, manager_url: str, api_token: str, *, account: str | None = None,
                  policy: ReconnectPolicy | None = None, request_timeout_s: float = 10.0,
-                 max_queued_events: int = 100_000, give_up_after_s: float | None = None
-                 ) -> None:
+                 max_queued_events: int = 100_000, give_up_after_s: float | None = None,
+                 trader_tag: str | None = None) -> None:
         """Prefer `MarketClient.connect`, which also opens the session."""
         self.manager_url = manager_url
         self.account = account
+        self.trader_tag = trader_tag
+        """The session's trader tag (fixed for the session's life; sent on every resume)."""
         self.customer: str | None = None
         self.session_id: str | None = None
         self.ws_url: str | None = None
@@ -197,21 +199,24 @@ class MarketClient:
                       policy: ReconnectPolicy | None = None, request_timeout_s: float = 10.0,
                       max_queued_events: int = 100_000, give_up_after_s: float | None = None,
                       session_id: str | None = None,
-                      resume_from_seq: int | None = None) -> MarketClient:
+                      resume_from_seq: int | None = None,
+                      trader_tag: str | None = None) -> MarketClient:
         """Open a session through the MarketManager at `manager_url` with an algo API token.
 
         `account` defaults to the customer's first account. `session_id` resumes an existing
         session (e.g. after the algo process restarted): the server replays the session's
         sequenced events — order events, signal answers, fired exits — after
         `resume_from_seq` (the `last_seq` the algo processed before; default 0, everything).
-        Reconnection after a drop is automatic; `give_up_after_s` bounds it (default: never
-        give up).
+        `trader_tag` tags the session: the account's risk limits for that tag
+        (`accounts.<name>.risk.trader_tags`) apply to its orders and signals; it is bound to
+        the session (a resume must give the same tag). Reconnection after a drop is
+        automatic; `give_up_after_s` bounds it (default: never give up).
         Raises `AuthError` (token refused, account not allowed), `RequestFailed` (request
         refused), `ConnectionLost` (platform unreachable or no Market worker available).
         """
         client = cls(manager_url, api_token, account=account, policy=policy,
                      request_timeout_s=request_timeout_s, max_queued_events=max_queued_events,
-                     give_up_after_s=give_up_after_s)
+                     give_up_after_s=give_up_after_s, trader_tag=trader_tag)
         client.session_id = session_id
         if resume_from_seq is not None:
             if session_id is None:
@@ -494,6 +499,7 @@ class MarketClient:
             self._http = aiohttp.ClientSession()
         grant = await request_session(self._http, self.manager_url, self._api_token,
                                       account=self.account, session_id=self.session_id,
+                                      trader_tag=self.trader_tag,
                                       timeout_s=self.request_timeout_s)
         await self._attach(grant, grant.ws_url, resume=resume)
 

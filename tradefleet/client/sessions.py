@@ -25,8 +25,11 @@ class SessionGrant:
 
 async def request_session(http: aiohttp.ClientSession, manager_url: str, api_token: str, *,
                           account: str | None = None, session_id: str | None = None,
+                          trader_tag: str | None = None,
                           timeout_s: float = 10.0) -> SessionGrant:
     """Ask for a new session, or to resume `session_id` (possibly on another Market worker).
+    `trader_tag` tags a new session (the account's limits for the tag apply to its orders);
+    a resume must name the tag the session was created with.
 
     Raises `AuthError` if the token is refused or may not trade `account` (401/403),
     `RequestFailed` for another refusal of the request itself (4xx), and `ConnectionLost`
@@ -37,6 +40,8 @@ async def request_session(http: aiohttp.ClientSession, manager_url: str, api_tok
         body["account"] = account
     if session_id is not None:
         body["session_id"] = session_id
+    if trader_tag is not None:
+        body["trader_tag"] = trader_tag
     url = manager_url.rstrip("/") + "/v1/sessions"
     try:
         async with http.post(url, data=orjson.dumps(body),

@@ -224,3 +224,23 @@ async def test_positions_carry_pnl_and_fees_from_the_position_manager(
         for made_owner in made.owners:
             await made_owner.close()
         await seller.close()
+
+
+async def test_a_sessions_trader_tag_brings_the_tags_limits(owners: Owners) -> None:
+    limits = RiskLimits(trader_tags={"scalper": {"max_order_notional": "1000"}})
+    owner, outbox = await owners.open(1, limits=limits)
+    await owner.route("s1", "cust", {**new_order("t1", qty="0.1", price="31000"),
+                                     "trader_tag": "scalper"})
+    [refused] = outbox.order_events("s1")
+    assert refused["type"] == "order_rejected" and refused["reason"] == "risk_order_notional"
+    assert "trader tag scalper" in refused["message"]
+    [(record, tag)] = [(p["record"]["record"], p["record"]["trader_tag"])
+                       for k, _, _, p in owners.journal() if k == "risk"]
+    assert (record, tag) == ("order_refused", "scalper")
+    await owner.route("s2", "cust", new_order("u1", qty="0.1", price="31000"))
+    await outbox.wait_for(lambda: types(outbox.order_events("s2")) == ["order_accepted"])
+    # A malformed tag from a Market is refused, coded, and nothing is journaled.
+    await owner.route("s1", "cust", {**new_order("t2"), "trader_tag": "no spaces"})
+    error = outbox.events("s1")[-1]
+    assert (error["type"], error["code"], error["field"]) == ("error", "invalid_field",
+                                                              "trader_tag")

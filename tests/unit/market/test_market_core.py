@@ -451,3 +451,27 @@ def test_a_signal_is_routed_like_an_order_and_only_for_the_sessions_account() ->
                 "instrument": "BTC/USD", "target_qty": "0.1", "position_qty": "0", "ts": 1}
     h.from_broker(type="session_event", session_id="s-a", event=accepted)
     assert read(a) == [accepted]
+
+
+def test_the_sessions_trader_tag_is_stamped_on_what_it_routes_and_cannot_be_forged() -> None:
+    h = Harness()
+    tagged = h.core.connect(SessionClaims("s-t", "acme", ACCOUNT, 2**40, "scalper"), h.now)
+    h.core.receive(tagged.conn_id, frame(type="hello", session_id="s-t"), h.now)
+    plain = h.session("s-p")
+    read(tagged), read(plain)
+    h.core.take_link_frames()
+    assert h.send(tagged, **order()) == []
+    assert h.send(tagged, type="modify_order", client_order_id="o-1", account=ACCOUNT,
+                  qty="0.2") == []
+    assert h.send(tagged, type="cancel_order", client_order_id="o-1", account=ACCOUNT) == []
+    assert h.send(tagged, type="signal", signal_id="g-1", account=ACCOUNT,
+                  instrument="BTC/USD", direction="flat") == []
+    assert h.send(plain, **order(client_order_id="o-2")) == []
+    routes = [(f["session_id"], f["msg"]["type"], f["msg"].get("trader_tag"))
+              for f in link_frames(h.core) if f["type"] == "route"]
+    assert routes == [("s-t", "new_order", "scalper"), ("s-t", "modify_order", "scalper"),
+                      ("s-t", "cancel_order", None), ("s-t", "signal", "scalper"),
+                      ("s-p", "new_order", None)]
+    # An algo cannot put a tag on its own requests: the protocol has no such field.
+    [error] = h.send(plain, **order(client_order_id="o-3", trader_tag="scalper"))
+    assert (error["code"], error["field"]) == ("unknown_field", "trader_tag")

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tradefleet.service.session_tokens import InvalidSessionToken, SessionClaims, mint, verify
+from tradefleet.service.session_tokens import (
+    InvalidSessionToken,
+    SessionClaims,
+    mint,
+    session_tag_matches,
+    tagged_session_id,
+    verify,
+)
 
 SECRET = "service-token-0123456789"
 NOW = 1_700_000_000.0
@@ -92,3 +99,33 @@ def test_any_single_character_change_is_refused(
     tampered = token[:index] + replacement + token[index + 1:]
     with pytest.raises(InvalidSessionToken):
         verify(SECRET, tampered, now=NOW)
+
+
+# ---------------------------------------------------------------- trader tags
+
+
+def test_a_trader_tag_is_signed_into_the_token_and_read_back() -> None:
+    token, _ = mint(SECRET, "s", "c", "a", 60, now=NOW, trader_tag="desk-1.fast_a")
+    claims = verify(SECRET, token, now=NOW)
+    assert claims.trader_tag == "desk-1.fast_a"
+    untagged, _ = mint(SECRET, "s", "c", "a", 60, now=NOW)
+    assert verify(SECRET, untagged, now=NOW).trader_tag is None
+
+
+@pytest.mark.parametrize("tag", ["", "a b", "x|y", "é", "t" * 65])
+def test_a_malformed_trader_tag_cannot_be_minted(tag: str) -> None:
+    with pytest.raises(ValueError, match="trader_tag"):
+        mint(SECRET, "s", "c", "a", 60, now=NOW, trader_tag=tag)
+
+
+def test_a_tagged_session_id_binds_its_tag_for_resumes() -> None:
+    session_id = tagged_session_id(SECRET, "acme", "scalper")
+    assert session_id.startswith("acme.t") and len(session_id) <= 128
+    assert session_tag_matches(SECRET, session_id, "scalper")
+    assert not session_tag_matches(SECRET, session_id, None)
+    assert not session_tag_matches(SECRET, session_id, "other")
+    assert not session_tag_matches("another-secret", session_id, "scalper")
+    assert session_id != tagged_session_id(SECRET, "acme", "scalper")  # fresh each time
+    # Untagged ids (the ordinary ones) resume only without a tag.
+    assert session_tag_matches(SECRET, "acme.0123456789abcdef0123", None)
+    assert not session_tag_matches(SECRET, "acme.0123456789abcdef0123", "scalper")
