@@ -93,7 +93,8 @@ class Hello(Frozen):
     resume_from_seq: int | None = Field(
         default=None,
         ge=0,
-        description="Last order-event seq the client processed; absent for a fresh session.",
+        description="Last seq (order events, signal answers, exits) the client processed; "
+        "absent for a fresh session.",
     )
 
 
@@ -152,7 +153,7 @@ class Welcome(Frozen):
     protocol: str = Field(default=PROTOCOL_VERSION, description="Protocol version spoken.")
     resumed: bool = Field(description="True if an existing session was resumed.")
     last_seq: int = Field(
-        ge=0, description="Highest order-event seq issued in this session so far."
+        ge=0, description="Highest seq issued in this session so far."
     )
     subscriptions: list[Subscription] = Field(
         default_factory=list, description="Streams restored by the resume."

@@ -274,11 +274,11 @@ class MarketClient:
 
     def events(self) -> EventStream:
         """The session's events as typed `protocol` models: market data (`Ticker`, `Trade`,
-        `BookSnapshot`, `BookDelta`, `Candle`), order events (`OrderAccepted`, `OrderFilled`…
-        each once, in seq order), `Fill`, answers (`PositionsSnapshot`, `BalancesSnapshot`,
-        `OpenOrders`, `SignalAccepted`, `SignalRejected`), `ExitFired` (while connected) and
-        `Error`s. Control frames (welcome, acks, pings) are handled
-        internally."""
+        `BookSnapshot`, `BookDelta`, `Candle`), order events (`OrderAccepted`, `OrderFilled`…),
+        `SignalAccepted` / `SignalRejected` and `ExitFired` — all of these each once, in seq
+        order, including those missed while away, which come with the resume — `Fill`,
+        answers (`PositionsSnapshot`, `BalancesSnapshot`, `OpenOrders`) and `Error`s. Control
+        frames (welcome, acks, pings) are handled internally."""
         return EventStream(self)
 
     # ------------------------------------------------------------------ market data

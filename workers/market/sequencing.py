@@ -1,8 +1,10 @@
-"""Per-session order-event delivery: in `seq` order, each event once, gaps filled by replay.
+"""Per-session event delivery: in `seq` order, each event once, gaps filled by replay.
 
-The Broker's journal numbers a session's order events 1, 2, 3… The Market receives them live
-(`session_event`) and from replays (`replayed`), in any interleaving, possibly twice (a live
-event that is also in a replay, a replay asked for twice). `SessionSequence` turns that into
+The Broker's journal numbers a session's sequenced events 1, 2, 3… — its order events and the
+position manager's answers (risk refusals, signal answers, fired exits) share one counter.
+The Market receives them live (`session_event`) and from replays (`replayed`), in any
+interleaving, possibly twice (a live event that is also in a replay, a replay asked for
+twice). `SessionSequence` turns that into
 exactly the contiguous run the client has not seen yet. It is pure: it never sends anything,
 it says what to deliver and when to ask the Broker for a replay.
 """
