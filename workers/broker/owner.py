@@ -431,14 +431,14 @@ class AccountOwner:
         tag = msg.get("trader_tag")
         if tag is not None:
             msg = {k: v for k, v in msg.items() if k != "trader_tag"}
-        requester = _Requester(session_id, customer,
-                               tag if isinstance(tag, str) and TRADER_TAG.fullmatch(tag) else None)
-        if tag is not None and requester.trader_tag is None:
-            self._error(requester, ErrorCode.INVALID_FIELD,
-                        "trader_tag must be 1 to 64 letters, digits or ._-", field="trader_tag",
-                        client_order_id=msg.get("client_order_id") if isinstance(
-                            msg.get("client_order_id"), str) else None)
-            return
+            if not (isinstance(tag, str) and TRADER_TAG.fullmatch(tag)):
+                cid = msg.get("client_order_id")
+                self._error(_Requester(session_id, customer), ErrorCode.INVALID_FIELD,
+                            "trader_tag must be 1 to 64 letters, digits or ._-",
+                            field="trader_tag",
+                            client_order_id=cid if isinstance(cid, str) else None)
+                return
+        requester = _Requester(session_id, customer, tag)
         try:
             request = parse_client_message(msg)
         except ProtocolError as exc:
