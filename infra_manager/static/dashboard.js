@@ -931,6 +931,11 @@ function renderKillSwitch(cell, account, state) {
   }
   cell.dataset.active = state === null ? "unknown" : String(state.active);
   const releasing = state !== null && state.active;
+  // Stopped by the fleet-wide switch: only releasing that one (above) lets it trade again.
+  const byFleet = releasing && state.reason.startsWith("the fleet-wide");
+  cell.dataset.scope = byFleet ? "fleet" : "account";
+  button.disabled = byFleet;
+  button.title = byFleet ? "Stopped by the fleet-wide kill switch: release it above" : "";
   setText(button, releasing ? "Release" : "Kill switch");
   button.classList.toggle("danger", !releasing);
   button.setAttribute("aria-label", `${releasing ? "Release the kill switch of" : "Engage the kill switch of"} ${account}`);

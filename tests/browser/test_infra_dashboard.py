@@ -711,6 +711,11 @@ async def test_trading_view_shows_risk_fields_when_present_and_degrades_without(
                                          "at": 1.0}}
     await expect(page.locator("#fleet-kill-state")).to_have_text("ACTIVE")
     await expect(page.locator("#fleet-kill-reason")).to_have_text("desk halt · by ops")
+    # An account stopped by the fleet-wide switch is released only with it.
+    broker.workers = [with_info("broker-1-aaaa", WorkerKind.BROKER, {
+        **released, "kill_switch": "the fleet-wide kill switch (ops: desk halt)"})]
+    await expect(kr.locator(".kill-state")).to_have_text("ACTIVE")
+    await expect(kr.locator(".kill-button")).to_be_disabled()
     await page.locator("#fleet-kill-button").focus()
     await page.keyboard.press("Enter")
     await expect(page.locator("#confirm-text")).to_contain_text("Release the fleet-wide")

@@ -64,7 +64,23 @@ def render_accounts(fleet: dict[str, Any]) -> str:
                              "yes" if info.get("connected") else "no",
                              str(info.get("orders", 0)), str(info.get("open_orders", 0)),
                              str(info.get("fills", 0)), "ON" if kill else "off", pos])
+    fleet_lines = _fleet_kill_switch_lines(fleet)
     if not rows:
-        return ""
-    return table(["ACCOUNT", "LOCATION", "OWNER", "VENUE", "CONNECTED", "ORDERS", "OPEN",
-                  "FILLS", "KILL", "POSITIONS"], rows) + "\n"
+        return "".join(line + "\n" for line in fleet_lines)
+    return "".join(line + "\n" for line in fleet_lines) + table(
+        ["ACCOUNT", "LOCATION", "OWNER", "VENUE", "CONNECTED", "ORDERS", "OPEN", "FILLS",
+         "KILL", "POSITIONS"], rows) + "\n"
+
+
+def _fleet_kill_switch_lines(fleet: dict[str, Any]) -> list[str]:
+    """One line per location whose BrokerManager holds the fleet-wide kill switch on."""
+    lines = []
+    for loc in fleet.get("locations", []):
+        for m in loc.get("managers", []):
+            switch = (m.get("info") or {}).get("fleet_kill_switch")
+            if m.get("kind") == "broker" and isinstance(switch, dict) and switch.get("active"):
+                why = f": {switch['reason']}" if switch.get("reason") else ""
+                lines.append(f"FLEET-WIDE KILL SWITCH ON at {loc['name']} "
+                             f"(by {switch.get('by') or 'operator'}{why}); accounts opened "
+                             "later inherit it")
+    return lines

@@ -73,3 +73,13 @@ def test_the_fleet_wide_switch_names_accounts_that_take_it_later(
     assert "fleet-wide kill switch on at east" in out
     assert "east: b take it when an owner is assigned" in out
     assert "east: c did not answer (timeout)" in out
+
+
+def test_status_says_when_the_fleet_wide_switch_is_on() -> None:
+    broker = {"kind": "broker", "info": {"fleet_kill_switch": {
+        "active": True, "reason": "desk halt", "by": "ops", "at": 1.0}}, "workers": []}
+    fleet = {"locations": [{"name": "east", "managers": [broker]}]}
+    text = render_accounts(fleet)
+    assert "FLEET-WIDE KILL SWITCH ON at east (by ops: desk halt)" in text
+    broker["info"]["fleet_kill_switch"]["active"] = False  # type: ignore[index]
+    assert render_accounts(fleet) == ""
