@@ -1,9 +1,16 @@
 """The Market worker's aiohttp shell around `MarketCore`.
 
 `WS /v1/session` (bearer session token, checked before the upgrade): each connection has a
-reader (frames → core) and a writer task that coalesces the connection's outbox into `batch`
-frames, so fan-out costs one socket write per client per wake-up, not one per event. One
-`BrokerLink` per account, opened when the first session of that account arrives.
+reader (frames → core). After every batch of work the core hands back the connections with
+output, and each connection's outbox leaves as `batch` frames (at most `max_events_per_frame`
+events each), so fan-out costs one socket write per client per wake-up, not one per event.
+
+The write is made there and then, straight to the connection's transport, when nothing stands in
+the way (no compression negotiated, nothing else mid-write on it, little already queued in the
+transport): identical outboxes — every session of a stream after a fan-out — share one encoded
+frame, built once per flush. Otherwise the connection's writer task sends it through aiohttp,
+which waits for the socket to drain; the writer task also performs the closes the core asks for.
+One `BrokerLink` per account, opened when the first session of that account arrives.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 import time
 from typing import Any
 
@@ -34,6 +42,38 @@ log = structlog.get_logger(__name__)
 SERVICE_TOKEN_ENV = "TRADEFLEET_SERVICE_TOKEN"
 HOUSEKEEPING_S = 1.0
 WRITER_STOP_S = 2.0
+DIRECT_WRITE_LIMIT = 256 * 1024
+"""Bytes already queued in a session's transport above which output goes through its writer
+task (which waits for the socket to drain) instead of being written at once."""
+
+MIN_WRITE_DELAY_S = 0.0005
+"""A pause before the next write round shorter than this is not worth a timer."""
+MAX_WRITE_PAUSE_S = 0.002
+"""The longest pause between two write rounds (what coalescing may add to an event's latency)."""
+
+_FrameCache = dict[tuple[int, int, int], tuple[list[bytes], bytes]]
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """A final, unmasked, uncompressed text frame (server to client, RFC 6455 §5.2)."""
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", 0x81, size) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+def _framed(chunk: list[bytes], cache: _FrameCache) -> bytes:
+    """The text frame carrying `chunk` (one event alone, several as a `batch`), built once per
+    distinct chunk: the cache is keyed by the identities of its ends and checked in full."""
+    key = (len(chunk), id(chunk[0]), id(chunk[-1]))
+    hit = cache.get(key)
+    if hit is not None and hit[0] == chunk:
+        return hit[1]
+    data = _text_frame(chunk[0] if len(chunk) == 1 else encode_batch(chunk))
+    cache[key] = (chunk, data)
+    return data
 
 
 async def _send_text(ws: web.WebSocketResponse, data: bytes) -> None:
@@ -57,6 +97,12 @@ class MarketService(WorkerService):
         self.links: dict[str, BrokerLink] = {}
         self._wakers: dict[int, asyncio.Event] = {}
         self._sockets: dict[int, web.WebSocketResponse] = {}
+        self._direct: dict[int, tuple[asyncio.Transport, web.WebSocketResponse]] = {}
+        """Transports of the connections that may be written to directly (uncompressed)."""
+        self._busy: set[int] = set()
+        self._write_pending = False
+        self._next_write_at = 0.0
+        """Connections whose writer task is sending: direct writes would overtake it."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._directory: BrokerDirectory | None = None
@@ -137,6 +183,9 @@ class MarketService(WorkerService):
         conn = self.core.connect(claims, time.monotonic())
         waker = self._wakers[conn.conn_id] = asyncio.Event()
         self._sockets[conn.conn_id] = ws
+        transport = request.transport
+        if transport is not None and not ws.compress:
+            self._direct[conn.conn_id] = (transport, ws)  # type: ignore[assignment]
         writer = self._spawn(self._write(conn, ws, waker), f"session-writer:{conn.conn_id}")
         log_ = log.bind(session_id=claims.session_id, account=claims.account,
                         conn_id=conn.conn_id)
@@ -164,6 +213,8 @@ class MarketService(WorkerService):
             self.core.disconnect(conn.conn_id, time.monotonic())
             self._wakers.pop(conn.conn_id, None)
             self._sockets.pop(conn.conn_id, None)
+            self._direct.pop(conn.conn_id, None)
+            self._busy.discard(conn.conn_id)
             writer.cancel()
             self._flush()
             log_.info("session connection closed", close_code=ws.close_code)
@@ -172,15 +223,21 @@ class MarketService(WorkerService):
     async def _write(self, conn: Connection, ws: web.WebSocketResponse,
                      waker: asyncio.Event) -> None:
         limit = self.settings.max_events_per_frame
+        busy = self._busy
         try:
             while True:
                 await waker.wait()
                 waker.clear()
-                while conn.outbox:
-                    frames, conn.outbox = conn.outbox, []
-                    for start in range(0, len(frames), limit):
-                        chunk = frames[start:start + limit]
-                        await _send_text(ws, chunk[0] if len(chunk) == 1 else encode_batch(chunk))
+                busy.add(conn.conn_id)
+                try:
+                    while conn.outbox:
+                        frames, conn.outbox = conn.outbox, []
+                        for start in range(0, len(frames), limit):
+                            chunk = frames[start:start + limit]
+                            await _send_text(ws, chunk[0] if len(chunk) == 1
+                                             else encode_batch(chunk))
+                finally:
+                    busy.discard(conn.conn_id)
                 if conn.closing is not None:
                     code, reason = conn.closing
                     await ws.close(code=code, message=reason.encode()[:120])
@@ -189,15 +246,62 @@ class MarketService(WorkerService):
             log.debug("session write failed", conn_id=conn.conn_id, error=repr(exc))
 
     def _flush(self) -> None:
-        """Wake the writers of connections with output; hand link frames to their links."""
-        for conn_id in self.core.take_dirty():
-            waker = self._wakers.get(conn_id)
-            if waker is not None:
-                waker.set()
+        """Hand link frames to their links now; write the sessions' output once the event loop
+        has run what is ready (every link frame read meanwhile then leaves in the same writes)."""
         for account, frames in self.core.take_link_frames().items():
             link = self.links.get(account)
             if link is not None:
                 link.send(frames)
+        if not self._write_pending:
+            self._write_pending = True
+            loop = asyncio.get_running_loop()
+            delay = self._next_write_at - time.monotonic()
+            if delay > MIN_WRITE_DELAY_S:
+                loop.call_later(delay, self._write_out)
+            else:
+                loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        """Write the output of connections that have some: directly, or by waking their
+        writer task. The next round starts no sooner than this one took (up to
+        `MAX_WRITE_PAUSE_S`): under load, what arrives meanwhile leaves in fewer, larger
+        frames; when idle, rounds are short and the pause is nothing."""
+        self._write_pending = False
+        started = time.monotonic()
+        self._write_round()
+        ended = time.monotonic()
+        self._next_write_at = ended + min(ended - started, MAX_WRITE_PAUSE_S)
+
+    def _write_round(self) -> None:
+        connections = self.core.connections
+        limit = self.settings.max_events_per_frame
+        cache: _FrameCache = {}
+        for conn_id in self.core.take_dirty():
+            conn = connections.get(conn_id)
+            transport = self._writable(conn_id, conn)
+            if transport is None or conn is None:
+                waker = self._wakers.get(conn_id)
+                if waker is not None:
+                    waker.set()
+                continue
+            frames, conn.outbox = conn.outbox, []
+            if len(frames) <= limit:
+                if frames:
+                    transport.write(_framed(frames, cache))
+            else:
+                for start in range(0, len(frames), limit):
+                    transport.write(_framed(frames[start:start + limit], cache))
+
+    def _writable(self, conn_id: int, conn: Connection | None) -> asyncio.Transport | None:
+        """The connection's transport if its output may be written there and then."""
+        entry = self._direct.get(conn_id)
+        if entry is None or conn is None or conn.closing is not None or conn_id in self._busy:
+            return None
+        transport, ws = entry
+        if ws.closed or transport.is_closing() or \
+                transport.get_write_buffer_size() >= DIRECT_WRITE_LIMIT:
+            return None
+        return transport
 
     # ------------------------------------------------------------------ broker links
 
