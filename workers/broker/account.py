@@ -169,15 +169,17 @@ class AccountBook:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def observe(self, entry: JournaledEntry) -> None:
-        """Update the notes from one journaled entry."""
+    def observe(self, entry: JournaledEntry, item: Any = None) -> None:
+        """Update the notes from one journaled entry. `item` is the model the entry was
+        made from (the request or order event), when the caller has it: the payload then
+        need not be parsed again."""
         if entry.session_id is not None and entry.session_seq is not None:
             self._last_seq[entry.session_id] = max(
                 entry.session_seq, self._last_seq.get(entry.session_id, 0))
         if entry.kind == REQUEST:
-            self._observe_request(entry)
+            self._observe_request(entry, item)
         elif entry.kind == EVENT:
-            self._observe_event(event_from_entry(entry))
+            self._observe_event(item if item is not None else event_from_entry(entry))
         elif entry.kind == REFUSED:
             notes = self._notes.get(entry.payload["client_order_id"])
             if notes is not None:
@@ -186,13 +188,13 @@ class AccountBook:
                 else:
                     notes.pending_modify = None
 
-    def _observe_request(self, entry: JournaledEntry) -> None:
+    def _observe_request(self, entry: JournaledEntry, item: Any = None) -> None:
         msg = entry.payload["msg"]
         cid = msg["client_order_id"]
         if msg["type"] == "new_order":
             if cid not in self._notes:
                 self._notes[cid] = OrderNotes(
-                    request=NewOrder.model_validate(msg),
+                    request=item if isinstance(item, NewOrder) else NewOrder.model_validate(msg),
                     session_id=entry.payload["session_id"],
                     customer=entry.payload["customer"],
                     intent_ts=int(entry.ts * 1e9),
@@ -204,7 +206,7 @@ class AccountBook:
         if msg["type"] == "cancel_order":
             notes.cancel_requested = True
         else:
-            modify = ModifyOrder.model_validate(msg)
+            modify = item if isinstance(item, ModifyOrder) else ModifyOrder.model_validate(msg)
             notes.pending_modify = PendingModify(modify.qty, modify.price)
 
     def _observe_event(self, event: OrderEvent) -> None:

@@ -347,7 +347,10 @@ class AccountOwner:
 
     # ------------------------------------------------------------ journal
 
-    def _append(self, kind: str, payload: dict[str, Any], session_id: str | None = None) -> Entry:
+    def _append(self, kind: str, payload: dict[str, Any], session_id: str | None = None,
+                item: Any = None) -> Entry:
+        """Journal one entry; `item` is the model it was made from, if any (see
+        `AccountBook.observe`)."""
         if not self.acting or self._journal is None:
             raise OwnerStopped(self.error or "the owner has stopped")
         try:
@@ -359,7 +362,7 @@ class AccountOwner:
             # Books and journal would disagree from here on: stop, a new owner rebuilds.
             self._stop(OwnerState.FAILED, f"journal append failed: {exc!r}")
             raise OwnerStopped(str(exc)) from exc
-        self.book.observe(entry)
+        self.book.observe(entry, item)
         self._note_customer(entry)
         return entry
 
@@ -589,10 +592,10 @@ class AccountOwner:
                 if isinstance(item, NewOrder | CancelOrder | ModifyOrder):
                     assert requester is not None, "client requests come from a session"
                     self._append(entries.REQUEST, entries.request_payload(
-                        item, requester.session_id, requester.customer))
+                        item, requester.session_id, requester.customer), item=item)
                 else:
                     entry = self._append(entries.EVENT, entries.event_payload(item),
-                                         self.book.session_of(item.client_order_id))
+                                         self.book.session_of(item.client_order_id), item=item)
                     journaled = (item, entry)
                     for_risk.append(item)
                     self._note_fill(item, self.book.customer_of(item.client_order_id))
