@@ -432,7 +432,7 @@ class Manager:
         self.sup.events.append({"ts": state["at"], "event": "fleet_kill_switch",
                                 "category": "risk", "kind": self.kind.value, "active": active,
                                 "reason": reason, "by": by, "message": message})
-        self._publish_soon = True
+        self._publish(state["at"])  # in the event log before the operator's answer
         log.warning("fleet_kill_switch", active=active, reason=reason, by=by)
         return state
 

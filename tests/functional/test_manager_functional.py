@@ -106,3 +106,32 @@ async def test_worker_pipe_needs_its_token_and_refuses_another_epoch(
             assert resp.status == 200
             assert "tradefleet_worker_pipes_opened" in await resp.text()
     assert [w["state"] for w in manager.get("/v1/manager")["workers"]] == ["up"]
+
+
+def test_the_fleet_wide_kill_switch_is_kept_in_the_registry(manager: Http) -> None:
+    status, body = manager.call("POST", "/v1/kill-switch", {"active": True, "bogus": 1})
+    assert status == 400 and body["error"]["field"] == "bogus"
+    status, body = manager.call("POST", "/v1/kill-switch", {"reason": "no state"})
+    assert status == 400 and body["error"] == {
+        "code": "missing_field", "message": "missing field 'active'", "field": "active"}
+    status, body = manager.call("POST", "/v1/kill-switch", {"active": True, "reason": "halt"},
+                                token="")
+    assert status == 401
+
+    status, body = manager.call("POST", "/v1/kill-switch", {"active": True, "reason": "halt"})
+    # paper-1 (the default account) takes it now, later (no owner yet) or after its owner
+    # answers: every account is named once, and the switch is stored either way.
+    assert status in (200, 207), body
+    named = [*body["accounts"], *body["pending"], *body["failed"]]
+    assert named == ["paper-1"]
+    assert body["fleet_kill_switch"]["active"] is True
+    switch = manager.get("/v1/accounts")["fleet_kill_switch"]
+    assert (switch["active"], switch["reason"], switch["by"]) == (True, "halt", "operator")
+    assert manager.get("/v1/manager")["info"]["fleet_kill_switch"]["reason"] == "halt"
+    registry = manager.data_dir / "managers" / "broker.sqlite"  # type: ignore[attr-defined]
+    with sqlite3.connect(f"file:{registry}?mode=ro", uri=True) as db:
+        (stored,) = db.execute(
+            "SELECT doc FROM settings WHERE key='fleet_kill_switch'").fetchone()
+    assert json.loads(stored)["active"] is True
+    events = manager.get("/v1/events")["events"]
+    assert any(e["event"] == "fleet_kill_switch" and e["category"] == "risk" for e in events)
