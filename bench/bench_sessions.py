@@ -1,0 +1,111 @@
+"""Benchmark: event latency with 1,000 concurrent sessions on one Market worker vs with 10.
+
+Run with `python -m bench.bench_sessions [--sessions 10,1000] [--rate R] [--window S]
+[--repeats N] [--json]`.
+
+The same rig as the fan-out benchmark: a real Market worker (`bench.market_proc`), the
+rate-controlled source playing its Broker on the link (`bench.md_source`, writing through the
+Broker's own `MarketLink`), and raw WebSocket sessions (`bench.wsclient`, latency mode) spread
+over `--client-procs` processes. Every session subscribes to BTC/USD trades; the source emits
+`--rate` trades per second, each stamped `ts = time.time_ns()` as it is built.
+
+Event latency = the kernel's receive timestamp of the bytes at the client socket
+(`SO_TIMESTAMPNS`, CLOCK_REALTIME on the same host) − the event's `ts`: source queue and link
+writer, the link, the Market worker (parse, fan-out, session writers), the session socket. The
+client's own loop is not in it. Every delivery of every session is a sample. Each repeat runs
+each session count (in alternating order) for `--window` seconds after a 1 s warm-up on fresh
+sessions; the table is the median over repeats of p50/p99/p99.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+from bench.harness import ClientGroup, Rig, cpu_seconds, machine, percentiles
+
+
+def measure(rig: Rig, sessions: int, procs: int, rate: float, window: float) -> dict[str, Any]:
+    group = ClientGroup(rig.session_url, rig.tokens(sessions), min(procs, sessions), hello=True,
+                        mode="latency")
+    try:
+        rig.control.rate(rate, "market")
+        time.sleep(1.0)
+        group.latencies()  # drop the warm-up
+        e0, c0, s0 = rig.control.stats()["emitted"], cpu_seconds(rig.market.pid), group.snap()
+        t0 = time.monotonic()
+        time.sleep(window)
+        samples = group.latencies()
+        e1, c1, s1 = rig.control.stats()["emitted"], cpu_seconds(rig.market.pid), group.snap()
+        elapsed = time.monotonic() - t0
+        rig.control.rate(0, "market")
+        time.sleep(0.5)
+    finally:
+        group.stop()
+    emitted = e1 - e0
+    result: dict[str, Any] = percentiles(samples)
+    result.update({"sessions": sessions, "samples": len(samples),
+                   "expected": emitted * sessions, "closed": s1["closed"],
+                   "market_cpu": (c1 - c0) / elapsed,
+                   "clients_cpu": (s1["cpu"] - s0["cpu"]) / elapsed})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_sessions")
+    parser.add_argument("--sessions", default="10,1000",
+                        help="comma-separated session counts; the first is the reference")
+    parser.add_argument("--rate", type=float, default=20.0, help="trades per second emitted")
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--client-procs", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    counts = [int(x) for x in args.sessions.split(",")]
+
+    load_before = machine()["load"]
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+    rig = Rig(relay=False)
+    try:
+        for repeat in range(args.repeats):
+            for n in (counts if repeat % 2 == 0 else counts[::-1]):
+                result = measure(rig, n, args.client_procs, args.rate, args.window)
+                runs[n].append(result)
+                if not args.json:
+                    print(f"  repeat {repeat + 1}: {n:>5} sessions  p50 {result['p50']:>7.0f}"
+                          f"  p99 {result['p99']:>7.0f}  p99.9 {result['p999']:>7.0f} µs  "
+                          f"samples {result['samples']}/{result['expected']}  market cpu "
+                          f"{result['market_cpu']:.2f}  clients cpu {result['clients_cpu']:.2f}",
+                          file=sys.stderr, flush=True)
+    finally:
+        rig.close()
+
+    summary = {n: {k: statistics.median(r[k] for r in runs[n]) for k in ("p50", "p99", "p999")}
+               for n in counts}
+    base = counts[0]
+    ratio = {n: {k: summary[n][k] / summary[base][k] if summary[base][k] else 0.0
+                 for k in ("p50", "p99", "p999")} for n in counts}
+    info = machine()
+    info["load_before"] = load_before
+    if args.json:
+        print(json.dumps({"summary": summary, "ratio": ratio, "runs": runs, "machine": info,
+                          "rate": args.rate, "window": args.window}, indent=2))
+        return 0
+    print(f"event latency (source ts → client socket), {args.rate:g} trades/s, median of "
+          f"{args.repeats} repeats, µs; machine {info}")
+    print(f"{'sessions':<12}{'p50':>10}{'p99':>10}{'p99.9':>10}")
+    for n in counts:
+        s = summary[n]
+        print(f"{n:<12}{s['p50']:>10.0f}{s['p99']:>10.0f}{s['p999']:>10.0f}")
+    for n in counts[1:]:
+        r = ratio[n]
+        print(f"{f'{n} ÷ {base}':<12}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['p999']:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
