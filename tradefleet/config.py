@@ -123,7 +123,9 @@ class CustomerSection(Section):
 
 
 class TraderSection(Section):
-    name: str = Field(pattern=NAME_PATTERN, description="Unique name of this hosted algo.")
+    name: str = Field(pattern=NAME_PATTERN, description=(
+        "Unique name of this hosted algo; also its trader tag, so the account's "
+        "`risk.trader_tags.<name>` limits apply to its orders and signals."))
     strategy: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
                           description="Import path `package.module:Class` of the strategy.")
     customer: str = Field(description="Customer whose API token the algo uses.")

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -389,3 +390,11 @@ def test_the_hosted_trader_trades_on_the_paper_exchange(fleet: RunningFleet) -> 
     info = wait_for(trading, 120, "the hosted moving-average trader to trade")
     assert info["trader"] == "ma-cross" and info["account"] == "paper-1"
     assert info["errors"] == 0
+    # Its orders reached the position manager under its tag (the trader's name).
+    path = fleet.data_dir / "journal" / "paper-1.sqlite"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        records = [json.loads(p)["record"] for (p,) in db.execute(
+            "SELECT payload FROM entries WHERE kind = 'risk'")]
+    tags = {r.get("trader_tag") for r in records
+            if r["record"] in ("order_admitted", "signal_adopted")}
+    assert tags == {"ma-cross"}, tags

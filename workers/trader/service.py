@@ -114,9 +114,12 @@ class TraderService(WorkerService):
         while not self._stop.is_set():
             self.status = "connecting"
             try:
+                # The trader's name is its tag: `accounts.<a>.risk.trader_tags.<name>` limits
+                # apply to what it sends, on top of the account's.
                 client = await MarketClient.connect(self._manager_url(),
                                                     self._api_token(section.customer),
-                                                    account=section.account)
+                                                    account=section.account,
+                                                    trader_tag=section.name)
             except Exception as exc:  # market not reachable yet: keep trying, never spin
                 self.last_error = str(exc)[:200]
                 log.warning("cannot connect yet", error=self.last_error)
