@@ -17,7 +17,6 @@ from protocol.codec import encode
 from protocol.control import DesiredRequest, SpawnRequest, WorkerCheckin, WorkerKind
 from protocol.errors import ErrorCode
 from protocol.fleet import ManagerSnapshot
-from tradefleet.service import session_tokens
 from tradefleet.service.web import (
     ApiError,
     bearer,
@@ -150,14 +149,9 @@ async def create_session(request: web.Request) -> web.Response:
     if customer is None:
         raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or unknown API token")
     body = await read_model(request, SessionRequest)
-    secret = manager.join_token
-
-    def mint(session_id: str, customer: str, account: str, ttl: float) -> tuple[str, float]:
-        return session_tokens.mint(secret, session_id, customer, account, ttl)
-
     try:
         answer = request.app[PLACER].place(customer, manager.config.customers[customer].accounts,
-                                           body, mint)
+                                           body)
     except SessionRefused as exc:
         raise ApiError(exc.status, ErrorCode(exc.code), str(exc), exc.field) from exc
     return json_response(answer)

@@ -76,8 +76,8 @@ class SessionPlacer:
         self._recent[best.id] = self._recent.get(best.id, 0) + 1
         return best
 
-    def place(self, customer: str, allowed: list[str], request: SessionRequest,
-              mint: Any) -> dict[str, Any]:
+    def place(self, customer: str, allowed: list[str], request: SessionRequest
+              ) -> dict[str, Any]:
         account = request.account or allowed[0]
         if account not in allowed:
             raise SessionRefused(403, "forbidden", f"this token may not trade account "
@@ -99,11 +99,8 @@ class SessionPlacer:
         else:
             session_id = new_session_id(customer)
         worker = self.choose()
-        if tag is None:
-            token, expires_at = mint(session_id, customer, account, SESSION_TTL_S)
-        else:  # the same signing as `mint`, with the tag in the signed payload
-            token, expires_at = session_tokens.mint(secret, session_id, customer, account,
-                                                    SESSION_TTL_S, trader_tag=tag)
+        token, expires_at = session_tokens.mint(secret, session_id, customer, account,
+                                                SESSION_TTL_S, trader_tag=tag)
         base = worker.url or ""  # candidates() only yields workers with a URL
         ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) \
             + "/v1/session"
