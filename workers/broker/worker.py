@@ -8,9 +8,10 @@ the status `info` for the BrokerManager's `GET /v1/accounts` and `tradefleet sta
 
 Links (`protocol.link`): a Market authenticates with the deployment service token
 (`TRADEFLEET_SERVICE_TOKEN`), sends `link_hello`, gets `link_welcome`, then routes its algo
-sessions' requests. Each session's events go to whichever link carried that session last (a
-session may move between Market workers); events for a session no link carries stay in the
-journal for `replay`.
+sessions' requests. A session's requests are carried out in order, but sessions do not wait
+for each other's venue calls (`workers.broker.lanes`). Each session's events go to whichever
+link carried that session last (a session may move between Market workers); events for a
+session no link carries stay in the journal for `replay`.
 
 Market data: one venue subscription per stream whatever the number of links
 (`workers.broker.streams`); each event is encoded once and queued on every subscribed link.
@@ -33,6 +34,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -46,6 +48,7 @@ from protocol.link import LinkWelcome, MdSubscribe, MdUnsubscribe, Replay, Route
 from protocol.market import Channel, MarketEvent
 from tradefleet.service.web import ApiError, require_token
 from workers.broker.adapters.base import Adapter, AdapterError
+from workers.broker.lanes import SessionLanes
 from workers.broker.link import MarketLink, read_frames, read_hello, stop_writer
 from workers.broker.owner import AccountOwner, OwnerError, OwnerState, OwnerStopped
 from workers.broker.risk.limits import RiskLimits
@@ -97,6 +100,8 @@ class BrokerService(WorkerService):
         self._draining = False
         self._links: dict[int, MarketLink] = {}
         self._session_links: dict[str, MarketLink] = {}
+        # A session's requests run in order; sessions do not wait for each other's venue calls.
+        self._lanes = SessionLanes()
         self._streams = StreamTable()
         self._cache = MarketCache()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -247,6 +252,7 @@ class BrokerService(WorkerService):
     async def stop(self) -> None:
         for link in list(self._links.values()):
             link.close_soon(1001, "broker worker stopping")
+        await self._lanes.close()
         if self.owner is not None:
             await self.owner.close()
         for task in list(self._tasks):
@@ -264,6 +270,7 @@ class BrokerService(WorkerService):
             out["recent_fills"] = out["recent_fills"][:RECENT_FILLS_SHOWN]
         out["links"] = len(self._links)
         out["sessions"] = len(self._session_links)
+        out["requests_pending"] = self._lanes.pending
         if owner is not None:
             out["epoch"] = owner.epoch
         if self.last_error and "error" not in out:
@@ -337,17 +344,21 @@ class BrokerService(WorkerService):
         if owner is None:
             return
         self._carry(link, message.session_id)
-        await owner.route(message.session_id, message.customer, message.msg)
+        await self._lanes.room()  # too much queued: stop reading this link for now
+        self._lanes.submit(message.session_id, partial(
+            owner.route, message.session_id, message.customer, message.msg))
 
     def on_replay(self, link: MarketLink, message: Replay) -> None:
         owner = self.owner
         if owner is None:
             return
         self._carry(link, message.session_id)
-        try:
-            link.send(owner.replay(message.session_id, message.after_seq))
-        except OwnerStopped:
-            pass
+
+        async def replay() -> None:  # behind the session's requests already under way
+            with contextlib.suppress(OwnerStopped):
+                link.send(owner.replay(message.session_id, message.after_seq))
+
+        self._lanes.submit(message.session_id, replay)
 
     async def on_subscribe(self, link: MarketLink, message: MdSubscribe) -> None:
         owner = self.owner
