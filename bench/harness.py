@@ -175,8 +175,8 @@ class ClientGroup:
             assert proc.stdin is not None
             proc.stdin.write(word + "\n")
             proc.stdin.flush()
-        return [json.loads(proc.stdout.readline()) for proc in self.procs  # type: ignore[union-attr]
-                ]
+        return [json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+                for proc in self.procs]
 
     def snap(self) -> dict[str, float]:
         parts = self._ask("snap")

@@ -1,15 +1,18 @@
 """The Market worker's aiohttp shell around `MarketCore`.
 
 `WS /v1/session` (bearer session token, checked before the upgrade): each connection has a
-reader (frames → core). After every batch of work the core hands back the connections with
-output, and each connection's outbox leaves as `batch` frames (at most `max_events_per_frame`
-events each), so fan-out costs one socket write per client per wake-up, not one per event.
+reader (frames → core). Output is written in rounds: a round is scheduled when the core has
+output (after the frames ready in this pass of the event loop have all been fed to it), and
+waits as long as the previous round took, at most `MAX_WRITE_PAUSE_S`. In a round each
+connection's outbox leaves as `batch` frames (at most `max_events_per_frame` events each), so
+fan-out costs one socket write per client per round, not one per event, and under load events
+coalesce into larger frames.
 
-The write is made there and then, straight to the connection's transport, when nothing stands in
-the way (no compression negotiated, nothing else mid-write on it, little already queued in the
-transport): identical outboxes — every session of a stream after a fan-out — share one encoded
-frame, built once per flush. Otherwise the connection's writer task sends it through aiohttp,
-which waits for the socket to drain; the writer task also performs the closes the core asks for.
+The write goes straight to the connection's transport when nothing stands in the way (no
+compression negotiated, nothing else mid-write on it, little already queued in the transport):
+identical outboxes — every session of a stream after a fan-out — share one frame, built once
+per round. Otherwise the connection's writer task sends it through aiohttp, which waits for the
+socket to drain; the writer task also performs the closes the core asks for.
 One `BrokerLink` per account, opened when the first session of that account arrives.
 """
 
