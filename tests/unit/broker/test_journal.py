@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.broker.journal import Journal, JournalFenced
+from workers.broker.journal import WAL_SIZE_LIMIT, Journal, JournalFenced
 
 
 def test_entries_survive_reopen_in_order(tmp_path: Path) -> None:
@@ -84,3 +85,24 @@ def test_every_append_that_returned_survives_a_kill_9_of_the_writer(tmp_path: Pa
     writer.wait(timeout=10)
     survivors = [e.payload["i"] for e in Journal(path, "b-2", epoch=2).entries()]
     assert survivors[: acknowledged + 1] == list(range(acknowledged + 1))
+
+
+def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "acct.sqlite"
+    j = Journal(path, "b-1", epoch=1, checkpoint_every_s=0.02)
+    try:
+        big = {"blob": "x" * 3000}
+        for _ in range(3000):  # ~ 3,000 WAL frames, far more than the size limit's worth
+            j.append("event", big, "s1")
+        wal = path.with_name(path.name + "-wal")
+        deadline = time.monotonic() + 10
+        while True:  # the next append after a checkpoint rewinds and trims the WAL
+            j.append("event", {"n": 1}, "s1")
+            if wal.stat().st_size <= WAL_SIZE_LIMIT or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert wal.stat().st_size <= WAL_SIZE_LIMIT
+        assert [e.session_seq for e in j.session_entries("s1", 3000)][:1] == [3001]
+    finally:
+        j.close()
+    assert not j._checkpointer.is_alive()
