@@ -554,26 +554,11 @@ class RemotePaperAdapter(Adapter):
     async def _order_op(self, request: dict[str, Any], client_order_id: str) -> OrderSnapshot:
         """One order op over the stream. Raises `OrderRejectedError` (the venue's code) or
         `RetryableAdapterError` (the stream dropped or the answer did not come in time)."""
-        ws = self._ws
-        if ws is None or ws.closed:
-            raise _StreamLost("the stream is down")
-        request_id = next(self._ids)
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = answer
         try:
-            async with self._send_lock:
-                await ws.send_bytes(encode({**request, "id": request_id}))
-            frame = await asyncio.wait_for(answer, self._timeout_s)
-        except TimeoutError as exc:
-            raise RetryableAdapterError(
-                f"{request['op']}: no answer within {self._timeout_s}s") from exc
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            raise _StreamLost(f"{request['op']}: {exc}") from exc
+            frame = await self._ask(request, request["op"])
         except OrderRejectedError as exc:
             raise OrderRejectedError(exc.code, exc.message,
                                      client_order_id=client_order_id) from None
-        finally:
-            self._pending.pop(request_id, None)
         assert isinstance(frame, OrderFrame)
         return frame.order
 
@@ -734,20 +719,27 @@ class RemotePaperAdapter(Adapter):
                     await ws.send_bytes(encode(key.request("subscribe", None)))
 
     async def _stream_request(self, key: StreamKey, op: str) -> None:
+        await self._ask(key.request(op, None), op)
+
+    async def _ask(self, request: dict[str, Any], what: str) -> Any:
+        """Send one request on the stream with a fresh `id` and wait for the answer with that
+        id: an `order` frame's content, None for an `ack`; an `error` frame raises
+        `OrderRejectedError`. A dropped stream raises `_StreamLost`, a late answer
+        `RetryableAdapterError`."""
         ws = self._ws
         if ws is None or ws.closed:
             raise _StreamLost("the stream is down")
         request_id = next(self._ids)
-        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
             async with self._send_lock:
-                await ws.send_bytes(encode(key.request(op, request_id)))
-            await asyncio.wait_for(answer, self._timeout_s)
+                await ws.send_bytes(encode({**request, "id": request_id}))
+            return await asyncio.wait_for(answer, self._timeout_s)
         except TimeoutError as exc:
-            raise RetryableAdapterError(f"{op}: no answer within {self._timeout_s}s") from exc
+            raise RetryableAdapterError(f"{what}: no answer within {self._timeout_s}s") from exc
         except (ConnectionError, aiohttp.ClientError) as exc:
-            raise _StreamLost(f"{op}: {exc}") from exc
+            raise _StreamLost(f"{what}: {exc}") from exc
         finally:
             self._pending.pop(request_id, None)
 
