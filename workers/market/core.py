@@ -168,6 +168,10 @@ class MarketCore:
         self._ids = itertools.count(1)
         self._dirty: set[int] = set()
         self._dirty_links: set[str] = set()
+        self._targets: dict[tuple[int, StreamKey], list[Connection]] = {}
+        """Per (stream table, stream): the attached connections a fan-out writes to, so that
+        sessions detached (but kept for a resume) cost nothing per event. Dropped whenever a
+        session attaches or detaches or a subscription changes; rebuilt on the next event."""
 
     # ------------------------------------------------------------------ shell interface
 
@@ -223,6 +227,7 @@ class MarketCore:
         if session.conn is conn:
             session.conn = None
             session.detached_at = now
+            self._targets.clear()
 
     def receive(self, conn_id: int, data: bytes | str, now: float) -> None:
         """One client frame. The first must be `hello`; every problem becomes an `error`."""
@@ -322,6 +327,7 @@ class MarketCore:
             self._dirty.add(old.conn_id)
         session.conn, session.detached_at = conn, None
         conn.session = session
+        self._targets.clear()
         link = self.link(session.account)
         link.sessions.add(session.session_id)
 
@@ -403,6 +409,7 @@ class MarketCore:
                 self.counters.msgs_out += 1
 
     def _apply_upstream(self, link: AccountLink, changes: list[UpstreamChange]) -> None:
+        self._targets.clear()  # called after every change of the link's subscriptions
         for change in changes:
             key = change.stream
             if key.channel is Channel.BOOK:
@@ -610,14 +617,18 @@ class MarketCore:
     def _fan_out(self, table: StreamTable, key: StreamKey, frames: list[bytes]) -> None:
         """Queue already-encoded events of one stream for every session on it: the same bytes
         for everyone, one list extend per connection whatever the number of events."""
-        sessions = self.sessions
+        targets = self._targets.get((id(table), key))
+        if targets is None:
+            sessions = self.sessions
+            targets = self._targets[(id(table), key)] = [
+                conn for session_id in table.sessions(key)
+                if (conn := sessions[session_id].conn) is not None]
         dirty = self._dirty
         limit = self.settings.max_outbox_events
         count = len(frames)
         delivered = 0
-        for session_id in table.sessions(key):
-            conn = sessions[session_id].conn
-            if conn is None or conn.closing is not None:
+        for conn in targets:
+            if conn.closing is not None:
                 continue
             outbox = conn.outbox
             if not outbox:
