@@ -12,9 +12,11 @@ over `--client-procs` processes. Every session subscribes to BTC/USD trades; the
 Event latency = the kernel's receive timestamp of the bytes at the client socket
 (`SO_TIMESTAMPNS`, CLOCK_REALTIME on the same host) − the event's `ts`: source queue and link
 writer, the link, the Market worker (parse, fan-out, session writers), the session socket. The
-client's own loop is not in it. Every delivery of every session is a sample. Each repeat runs
-each session count (in alternating order) for `--window` seconds after a 1 s warm-up on fresh
-sessions; the table is the median over repeats of p50/p99/p99.9.
+client's own loop is not in it (`untimed` counts reads that came without a kernel timestamp
+and were timed by the client's clock instead). Every delivery of every session is a sample.
+Each repeat runs each session count (in alternating order) for `--window` seconds after a 1 s
+warm-up, on a fresh Market worker and source; the table is the median over repeats of
+p50/p99/p99.9.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def measure(rig: Rig, sessions: int, procs: int, rate: float, window: float) -> 
         e0, c0, s0 = rig.control.stats()["emitted"], cpu_seconds(rig.market.pid), group.snap()
         t0 = time.monotonic()
         time.sleep(window)
-        samples = group.latencies()
+        samples, untimed = group.latencies()
         e1, c1, s1 = rig.control.stats()["emitted"], cpu_seconds(rig.market.pid), group.snap()
         elapsed = time.monotonic() - t0
         rig.control.rate(0, "market")
@@ -48,7 +50,7 @@ def measure(rig: Rig, sessions: int, procs: int, rate: float, window: float) -> 
         group.stop()
     emitted = e1 - e0
     result: dict[str, Any] = percentiles(samples)
-    result.update({"sessions": sessions, "samples": len(samples),
+    result.update({"sessions": sessions, "samples": len(samples), "untimed": untimed,
                    "expected": emitted * sessions, "closed": s1["closed"],
                    "market_cpu": (c1 - c0) / elapsed,
                    "clients_cpu": (s1["cpu"] - s0["cpu"]) / elapsed})
@@ -69,20 +71,22 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = machine()["load"]
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
-    rig = Rig(relay=False)
-    try:
-        for repeat in range(args.repeats):
-            for n in (counts if repeat % 2 == 0 else counts[::-1]):
+    for repeat in range(args.repeats):
+        for n in (counts if repeat % 2 == 0 else counts[::-1]):
+            # A fresh Market worker each time: the sessions of the previous measurement would
+            # otherwise linger for `detached_grace_s` (resumable) on the one measured next.
+            rig = Rig(relay=False)
+            try:
                 result = measure(rig, n, args.client_procs, args.rate, args.window)
-                runs[n].append(result)
-                if not args.json:
-                    print(f"  repeat {repeat + 1}: {n:>5} sessions  p50 {result['p50']:>7.0f}"
-                          f"  p99 {result['p99']:>7.0f}  p99.9 {result['p999']:>7.0f} µs  "
-                          f"samples {result['samples']}/{result['expected']}  market cpu "
-                          f"{result['market_cpu']:.2f}  clients cpu {result['clients_cpu']:.2f}",
-                          file=sys.stderr, flush=True)
-    finally:
-        rig.close()
+            finally:
+                rig.close()
+            runs[n].append(result)
+            if not args.json:
+                print(f"  repeat {repeat + 1}: {n:>5} sessions  p50 {result['p50']:>7.0f}"
+                      f"  p99 {result['p99']:>7.0f}  p99.9 {result['p999']:>7.0f} µs  "
+                      f"samples {result['samples']}/{result['expected']} (untimed "
+                      f"{result['untimed']})  market cpu {result['market_cpu']:.2f}  "
+                      f"clients cpu {result['clients_cpu']:.2f}", file=sys.stderr, flush=True)
 
     summary = {n: {k: statistics.median(r[k] for r in runs[n]) for k in ("p50", "p99", "p999")}
                for n in counts}

@@ -183,11 +183,15 @@ class ClientGroup:
         return {k: sum(p[k] for p in parts) for k in ("events", "frames", "bytes", "closed",
                                                       "cpu")}
 
-    def latencies(self) -> list[int]:
+    def latencies(self) -> tuple[list[int], int]:
+        """Latency samples (µs) since the previous call, and how many reads had no kernel
+        timestamp."""
         out: list[int] = []
+        untimed = 0
         for part in self._ask("lat"):
             out.extend(part["samples"])
-        return out
+            untimed += part["untimed"]
+        return out, untimed
 
     def stop(self) -> None:
         for proc in self.procs:

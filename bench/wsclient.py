@@ -177,6 +177,7 @@ class Client:
         self.kind = self.marker.split(b":")[-1].strip(b'"').decode()
         self.conns: dict[int, Conn] = {}
         self.samples: list[int] = []
+        self.untimed = 0
         self.poll = select.epoll()
 
     def connect(self) -> None:
@@ -208,7 +209,10 @@ class Client:
                 if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
                     sec, nsec = struct.unpack("qq", cdata[:16])
                     rx = sec * 1_000_000_000 + nsec
-            self.consume(conn, rx or time.time_ns())
+            if not rx:  # no kernel timestamp: our own clock, later than the arrival
+                self.untimed += 1
+                rx = time.time_ns()
+            self.consume(conn, rx)
             if len(data) < RECV_BYTES:
                 return
 
@@ -309,8 +313,8 @@ class Client:
         if word == "snap":
             out: dict[str, Any] = self.snapshot()
         elif word == "lat":
-            out = {"samples": self.samples}
-            self.samples = []
+            out = {"samples": self.samples, "untimed": self.untimed}
+            self.samples, self.untimed = [], 0
         else:
             return False
         sys.stdout.write(orjson.dumps(out).decode() + "\n")

@@ -33,7 +33,7 @@ def test_the_fanout_and_latency_rigs_deliver_and_count() -> None:
             time.sleep(0.5)
             rig.control.rate(0, "market")
             time.sleep(0.2)
-            samples = group.latencies()
+            samples, _untimed = group.latencies()
         finally:
             group.stop()
         assert samples and all(0 <= s < 10_000_000 for s in samples)
