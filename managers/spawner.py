@@ -128,6 +128,12 @@ class LocalProcessSpawner(Spawner):
             return -1
         current = process_start_time(self.pid)
         if current is None or (self.start_time is not None and current != self.start_time):
+            if self._proc is not None:
+                # Our own child exited between the two looks: it is a zombie until reaped,
+                # and reaping it gives its real exit code.
+                code = self._proc.poll()
+                if code is not None:
+                    return code
             return -1  # gone, a zombie, or the pid now belongs to someone else
         return None
 
