@@ -476,6 +476,29 @@ async def test_spot_orders_fills_and_a_local_rate_limit_refusal_over_the_link(
         assert spot.order(placed[-1]).status == "canceled"
 
 
+async def test_one_session_s_slow_venue_call_does_not_hold_up_another_session(
+        tmp_path: Path, http: aiohttp.ClientSession, spot: FakeKrakenSpot) -> None:
+    async with on_spot(tmp_path, http, spot) as broker:
+        link = broker.link
+        await link.item("link_welcome")
+        spot.slow(2.0, "ws")  # the venue takes 2 s to answer an order request
+        start = link.mark()
+        await link.route(new_order("slow-1", SPOT, "buy", "0.0100", "29000.0"))
+        await link.route(cancel_order("slow-1"))  # same session: must wait for the place
+        # Another algo session on the same Market link asks for its open orders: the
+        # Broker answers from its books at once, without waiting for the first session's
+        # venue calls to come back.
+        await link.send({"type": "route", "session_id": "algo-2", "customer": "demo",
+                         "msg": {"type": "get_open_orders", "account": ACCOUNT}})
+        answer = await link.item("open_orders", "the second session's answer", after=start,
+                                 timeout=1.5)
+        cancelled = await link.item("order_cancelled", client_order_id="slow-1", after=start)
+        assert link.index(answer) < link.index(cancelled)
+        assert [e["type"] for e in link.order_events("slow-1")] == ["order_accepted",
+                                                                    "order_cancelled"]
+        assert spot.order("slow-1").status == "canceled"
+
+
 async def test_spot_book_is_resynced_after_the_public_connection_drops(
         tmp_path: Path, http: aiohttp.ClientSession, spot: FakeKrakenSpot) -> None:
     async with on_spot(tmp_path, http, spot) as broker:
