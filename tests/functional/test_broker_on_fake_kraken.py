@@ -481,7 +481,7 @@ async def test_one_session_s_slow_venue_call_does_not_hold_up_another_session(
     async with on_spot(tmp_path, http, spot) as broker:
         link = broker.link
         await link.item("link_welcome")
-        spot.slow(2.0, "ws")  # the venue takes 2 s to answer an order request
+        spot.slow(4.0, "ws")  # the venue takes 4 s to answer an order request
         start = link.mark()
         await link.route(new_order("slow-1", SPOT, "buy", "0.0100", "29000.0"))
         await link.route(cancel_order("slow-1"))  # same session: must wait for the place
@@ -491,8 +491,9 @@ async def test_one_session_s_slow_venue_call_does_not_hold_up_another_session(
         await link.send({"type": "route", "session_id": "algo-2", "customer": "demo",
                          "msg": {"type": "get_open_orders", "account": ACCOUNT}})
         answer = await link.item("open_orders", "the second session's answer", after=start,
-                                 timeout=1.5)
-        cancelled = await link.item("order_cancelled", client_order_id="slow-1", after=start)
+                                 timeout=3.0)
+        cancelled = await link.item("order_cancelled", client_order_id="slow-1", after=start,
+                                    timeout=20)
         assert link.index(answer) < link.index(cancelled)
         assert [e["type"] for e in link.order_events("slow-1")] == ["order_accepted",
                                                                     "order_cancelled"]
