@@ -77,6 +77,14 @@ WebSocket `GET /v1/stream?account=A`:
     client → venue:
         {"op": "subscribe" | "unsubscribe", "id"?, "instrument", "channel",
          "depth"? (book, default 50), "interval"? (candles, required)}
+        {"op": "place", "id"?, "order": NewOrder}       order entry without an HTTP request
+        {"op": "cancel", "id"?, "client_order_id"}      each; the same engine calls, checks
+        {"op": "modify", "id"?, "client_order_id", "qty"?, "price"?}   and codes as REST
+    venue → client, answers to order ops:
+        {"type": "order", "id", "created", "order": OrderSnapshot}   the order right after
+                                                       the engine acted (its events follow
+                                                       in an `events` frame as usual)
+        {"type": "error", "id", "error": {...}}        refused, with the REST code
 
     A book subscription starts with a `book_snapshot`; `book_delta`s follow with contiguous
     `update_id`s. Subscriptions belong to the connection: a reconnecting client subscribes
