@@ -15,12 +15,12 @@ one of the frame classes below). Both raise :class:`MalformedMessage` on bad inp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeAlias
 
+from workers.broker.adapters import wirecheck
 from workers.broker.adapters.kraken.errors import MalformedMessage
 
 MessageType: TypeAlias = Literal["snapshot", "update"]
@@ -31,10 +31,7 @@ def decode(text: str | bytes) -> Any:
 
     Raises :class:`MalformedMessage` if the text is not JSON.
     """
-    try:
-        return json.loads(text, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from exc
+    return wirecheck.decode(text, MalformedMessage)
 
 
 def to_decimal(value: object, what: str = "number") -> Decimal:
@@ -44,37 +41,15 @@ def to_decimal(value: object, what: str = "number") -> Decimal:
     ``bool`` so a float-parsed frame can never leak binary rounding into a price.
     Raises :class:`MalformedMessage` otherwise.
     """
-    kind = type(value)
-    if kind is Decimal:
-        return value  # type: ignore[return-value]
-    if kind is int:
-        return Decimal(value)  # type: ignore[arg-type]
-    if kind is str:
-        try:
-            result = Decimal(value)  # type: ignore[arg-type]
-        except InvalidOperation as exc:
-            raise MalformedMessage(f"{what} is not a number: {value!r}") from exc
-        if not result.is_finite():
-            raise MalformedMessage(f"{what} is not finite: {value!r}")
-        return result
-    raise MalformedMessage(f"{what} must be a decimal number, got {kind.__name__}: {value!r}")
+    return wirecheck.to_decimal(value, what, MalformedMessage)
 
 
 def _get(obj: Mapping[str, Any], key: str, what: str) -> Any:
-    try:
-        return obj[key]
-    except KeyError:
-        raise MalformedMessage(f"{what}: missing field {key!r}") from None
-    except TypeError:
-        raise MalformedMessage(f"{what}: expected an object, got {type(obj).__name__}") from None
+    return wirecheck.get(obj, key, what, MalformedMessage)
 
 
 def _as_int(value: object, what: str) -> int:
-    if type(value) is int:
-        return value
-    if type(value) is str and value.isdigit():
-        return int(value)
-    raise MalformedMessage(f"{what} must be an integer, got {value!r}")
+    return wirecheck.as_int(value, what, MalformedMessage, digit_strings=True)
 
 
 def _message_type(obj: Mapping[str, Any], what: str) -> MessageType:

@@ -12,12 +12,12 @@ Entry points: :func:`decode`, :func:`parse_frame` (WebSocket) and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeAlias
 
+from workers.broker.adapters import wirecheck
 from workers.broker.adapters.kraken_futures.errors import MalformedMessage
 
 Side: TypeAlias = Literal["buy", "sell"]
@@ -25,42 +25,20 @@ Side: TypeAlias = Literal["buy", "sell"]
 
 def decode(text: str | bytes) -> Any:
     """Parse JSON text with every JSON float as an exact ``Decimal``."""
-    try:
-        return json.loads(text, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from exc
+    return wirecheck.decode(text, MalformedMessage)
 
 
 def to_decimal(value: object, what: str = "number") -> Decimal:
     """``Decimal`` from a decoded JSON number or numeric string; floats and bools refused."""
-    kind = type(value)
-    if kind is Decimal:
-        return value  # type: ignore[return-value]
-    if kind is int:
-        return Decimal(value)  # type: ignore[arg-type]
-    if kind is str:
-        try:
-            result = Decimal(value)  # type: ignore[arg-type]
-        except InvalidOperation as exc:
-            raise MalformedMessage(f"{what} is not a number: {value!r}") from exc
-        if result.is_finite():
-            return result
-    raise MalformedMessage(f"{what} must be a decimal number, got {value!r}")
+    return wirecheck.to_decimal(value, what, MalformedMessage)
 
 
 def _get(obj: Mapping[str, Any], key: str, what: str) -> Any:
-    try:
-        return obj[key]
-    except KeyError:
-        raise MalformedMessage(f"{what}: missing field {key!r}") from None
-    except TypeError:
-        raise MalformedMessage(f"{what}: expected an object") from None
+    return wirecheck.get(obj, key, what, MalformedMessage)
 
 
 def _as_int(value: object, what: str) -> int:
-    if type(value) is int:
-        return value
-    raise MalformedMessage(f"{what} must be an integer, got {value!r}")
+    return wirecheck.as_int(value, what, MalformedMessage)
 
 
 # --------------------------------------------------------------------------- book
