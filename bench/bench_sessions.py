@@ -1,13 +1,20 @@
 """Benchmark: event latency with 1,000 concurrent sessions on one Market worker vs with 10.
 
 Run with `python -m bench.bench_sessions [--sessions 10,1000] [--rate R] [--window S]
-[--repeats N] [--json]`.
+[--repeats N] [--streams shared|own] [--json]`.
 
 The same rig as the fan-out benchmark: a real Market worker (`bench.market_proc`), the
 rate-controlled source playing its Broker on the link (`bench.md_source`, writing through the
 Broker's own `MarketLink`), and raw WebSocket sessions (`bench.wsclient`, latency mode) spread
-over `--client-procs` processes. Every session subscribes to BTC/USD trades; the source emits
-`--rate` trades per second, each stamped `ts = time.time_ns()` as it is built.
+over `--client-procs` processes. Each trade is stamped `ts = time.time_ns()` as it is built.
+
+* `--streams shared` (the default, the worst case): every session subscribes to BTC/USD
+  trades and the source emits `--rate` trades per second, so each event is written to every
+  session — with 1,000 sessions, 1,000 socket writes per event.
+* `--streams own`: session i subscribes to the trades of its own instrument S{i}/USD and the
+  source emits `--rate` × sessions trades per second in turn over them, so every session
+  still gets `--rate` events per second but each event goes to one session: what 1,000
+  sessions cost the Market beyond the traffic itself.
 
 Event latency = the kernel's receive timestamp of the bytes at the client socket
 (`SO_TIMESTAMPNS`, CLOCK_REALTIME on the same host) − the event's `ts`: source queue and link
@@ -31,11 +38,15 @@ from typing import Any
 from bench.harness import ClientGroup, Rig, cpu_seconds, machine, percentiles
 
 
-def measure(rig: Rig, sessions: int, procs: int, rate: float, window: float) -> dict[str, Any]:
-    group = ClientGroup(rig.session_url, rig.tokens(sessions), min(procs, sessions), hello=True,
+def measure(rig: Rig, sessions: int, procs: int, rate: float, window: float,
+            own: bool = False) -> dict[str, Any]:
+    pairs = rig.tokens(sessions)
+    if own:  # session i follows S{i}/USD alone
+        pairs = [[sid, token, f"S{i}/USD"] for i, (sid, token) in enumerate(pairs)]
+    group = ClientGroup(rig.session_url, pairs, min(procs, sessions), hello=True,
                         mode="latency")
     try:
-        rig.control.rate(rate, "market")
+        rig.control.rate(rate * sessions if own else rate, "market")
         time.sleep(1.0)
         group.latencies()  # drop the warm-up
         e0, c0, s0 = rig.control.stats()["emitted"], cpu_seconds(rig.market.pid), group.snap()
@@ -51,7 +62,7 @@ def measure(rig: Rig, sessions: int, procs: int, rate: float, window: float) -> 
     emitted = e1 - e0
     result: dict[str, Any] = percentiles(samples)
     result.update({"sessions": sessions, "samples": len(samples), "untimed": untimed,
-                   "expected": emitted * sessions, "closed": s1["closed"],
+                   "expected": emitted if own else emitted * sessions, "closed": s1["closed"],
                    "market_cpu": (c1 - c0) / elapsed,
                    "clients_cpu": (s1["cpu"] - s0["cpu"]) / elapsed})
     return result
@@ -65,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--client-procs", type=int, default=4)
+    parser.add_argument("--streams", choices=("shared", "own"), default="shared",
+                        help="every session on one stream, or each on a stream of its own")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.sessions.split(",")]
@@ -75,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in (counts if repeat % 2 == 0 else counts[::-1]):
             # A fresh Market worker each time: the sessions of the previous measurement would
             # otherwise linger for `detached_grace_s` (resumable) on the one measured next.
-            rig = Rig(relay=False)
+            own = args.streams == "own"
+            rig = Rig(relay=False, instruments=n if own else 0)
             try:
-                result = measure(rig, n, args.client_procs, args.rate, args.window)
+                result = measure(rig, n, args.client_procs, args.rate, args.window, own)
             finally:
                 rig.close()
             runs[n].append(result)
@@ -97,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     info["load_before"] = load_before
     if args.json:
         print(json.dumps({"summary": summary, "ratio": ratio, "runs": runs, "machine": info,
-                          "rate": args.rate, "window": args.window}, indent=2))
+                          "rate": args.rate, "window": args.window, "streams": args.streams},
+                         indent=2))
         return 0
-    print(f"event latency (source ts → client socket), {args.rate:g} trades/s, median of "
+    print(f"event latency (source ts → client socket), {args.rate:g} trades/s per session, "
+          f"{args.streams} streams, median of "
           f"{args.repeats} repeats, µs; machine {info}")
     print(f"{'sessions':<12}{'p50':>10}{'p99':>10}{'p99.9':>10}")
     for n in counts:

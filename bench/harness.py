@@ -97,12 +97,13 @@ class SourceControl:
 class Rig:
     """Source + Market worker (+ optionally the fan-out relay), in a temporary data dir."""
 
-    def __init__(self, relay: bool) -> None:
+    def __init__(self, relay: bool, instruments: int = 0) -> None:
         self.token = secrets.token_hex(16)
         self.data_dir = Path(tempfile.mkdtemp(prefix="tf-bench-md-"))
         self.children: list[Child] = []
         try:
-            self.source = self._child("bench.md_source", "--token", self.token)
+            self.source = self._child("bench.md_source", "--token", self.token,
+                                      "--instruments", str(instruments))
             (self.data_dir / "run").mkdir()
             (self.data_dir / "run" / "broker-manager.url").write_text(self.source.url)
             self.market = self._child("bench.market_proc", "--data-dir", str(self.data_dir),

@@ -15,7 +15,8 @@ matching engine in Python). So this process plays the Broker worker's part of th
   `MarketLink` too, so the relay receives the same frames as the Market does.
 
 `POST /rate {"rate": events_per_s, "target": "market" | "feed"}` starts (or, with 0, stops)
-the emission: every millisecond the generator emits the trades due for BTC/USD, each with
+the emission: every millisecond the generator emits the trades due for BTC/USD (or, with
+`--instruments K`, for S0/USD … S{K-1}/USD in turn, one stream per session), each with
 `ts = time.time_ns()` when it is built, encodes it once and queues it on every target link.
 `GET /stats` → events emitted and the links' backlog. Prints its URL on stdout.
 """
@@ -38,8 +39,15 @@ TICK_S = 0.001
 SPEC = {"instrument": "BTC/USD", "tick_size": "0.1", "lot_size": "0.0001", "min_qty": "0.0001"}
 
 
+def instrument_names(count: int) -> list[str]:
+    """The instruments the source trades: BTC/USD, or S0/USD … S{count-1}/USD."""
+    return [f"S{i}/USD" for i in range(count)] if count > 0 else ["BTC/USD"]
+
+
 class Source:
-    def __init__(self, token: str, account: str) -> None:
+    def __init__(self, token: str, account: str, instruments: int = 0) -> None:
+        self.instruments = instrument_names(instruments)
+        self.specs = [{**SPEC, "instrument": name} for name in self.instruments]
         self.token = token
         self.account = account
         self.url = ""
@@ -70,7 +78,7 @@ class Source:
         link = MarketLink(ws, hello.get("market_id", "?"), max_backlog=10_000_000)
         await ws.send_bytes(orjson.dumps({
             "type": "link_welcome", "account": self.account, "broker_id": "bench-source",
-            "epoch": 1, "instruments": [SPEC]}))
+            "epoch": 1, "instruments": self.specs}))
         writer = asyncio.create_task(link.run_writer())
         self.links["market"].append(link)
         try:
@@ -121,6 +129,7 @@ class Source:
     async def generate(self) -> None:
         trade_ids = itertools.count(1)
         dumps = orjson.dumps
+        names, count = self.instruments, len(self.instruments)
         while True:
             await asyncio.sleep(TICK_S)
             if self.rate <= 0:
@@ -132,7 +141,8 @@ class Source:
             sends = [link.send_market for link in links]
             for _ in range(due):
                 n = next(trade_ids)
-                data = dumps({"type": "trade", "instrument": "BTC/USD", "trade_id": f"T{n}",
+                data = dumps({"type": "trade", "instrument": names[n % count],
+                              "trade_id": f"T{n}",
                               "price": f"{60000 + n % 200 / 10:.1f}", "qty": "0.0125",
                               "taker_side": "buy" if n & 1 else "sell", "ts": time.time_ns()})
                 for send in sends:
@@ -140,8 +150,8 @@ class Source:
             self.emitted += due
 
 
-async def main(token: str, account: str) -> None:
-    source = Source(token, account)
+async def main(token: str, account: str, instruments: int) -> None:
+    source = Source(token, account, instruments)
     app = web.Application()
     app.router.add_get("/v1/accounts", source.accounts)
     app.router.add_get("/v1/link", source.link)
@@ -162,9 +172,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--token", required=True)
     parser.add_argument("--account", default="paper-1")
+    parser.add_argument("--instruments", type=int, default=0,
+                        help="trade S0/USD ... S{K-1}/USD in turn instead of BTC/USD")
     args = parser.parse_args()
     try:
         import uvloop
-        uvloop.run(main(args.token, args.account))
+        uvloop.run(main(args.token, args.account, args.instruments))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -21,9 +21,10 @@ frames at once: a delay, not a limit on the rate (the kernel buffers meanwhile).
 answered (the Market's heartbeat would close a silent connection).
 
 `python -m bench.wsclient` reads one JSON spec line on stdin:
-`{"url": "ws://h:p/path", "sessions": [[session_id, token], ...], "hello": bool,
+`{"url": "ws://h:p/path", "sessions": [[session_id, token, instrument?], ...], "hello": bool,
   "subscribe": [message, ...], "mode": "count" | "latency", "marker": "\\"type\\":\\"trade\\""}`,
-connects everything, prints `ready N`, then answers stdin commands with one JSON line each:
+(a session's `instrument` replaces the one of its subscribe messages), connects everything,
+prints `ready N`, then answers stdin commands with one JSON line each:
 `snap` (totals: events, frames, bytes, closed connections, CPU seconds of this process),
 `lat` (latency samples in µs since the previous `lat`, then reset), `quit`.
 """
@@ -143,7 +144,8 @@ def read_frame_blocking(conn: Conn) -> tuple[int, bytes]:
         conn.buf += chunk
 
 
-def open_conn(spec: dict[str, Any], session_id: str, token: str) -> Conn:
+def open_conn(spec: dict[str, Any], session_id: str, token: str,
+              instrument: str | None = None) -> Conn:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sock, leftover = handshake(spec["url"], headers)
     conn = Conn(sock, leftover)
@@ -151,6 +153,8 @@ def open_conn(spec: dict[str, Any], session_id: str, token: str) -> Conn:
         sock.sendall(client_frame(OP_TEXT, orjson.dumps({"type": "hello",
                                                          "session_id": session_id})))
         for message in spec.get("subscribe", []):
+            if instrument is not None:  # this session follows a stream of its own
+                message = {**message, "instrument": instrument}
             sock.sendall(client_frame(OP_TEXT, orjson.dumps(message)))
         wanted = len(spec.get("subscribe", []))
         while wanted:  # welcome, then one `subscribed` per subscription (maybe in a batch)
@@ -181,8 +185,8 @@ class Client:
         self.poll = select.epoll()
 
     def connect(self) -> None:
-        for session_id, token in self.spec["sessions"]:
-            conn = open_conn(self.spec, session_id, token)
+        for session_id, token, *own in self.spec["sessions"]:
+            conn = open_conn(self.spec, session_id, token, own[0] if own else None)
             fd = conn.sock.fileno()
             self.conns[fd] = conn
             self.poll.register(fd, select.EPOLLIN)
