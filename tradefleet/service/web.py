@@ -42,16 +42,21 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("body",))
 
 
-def validation_error(exc: ValidationError) -> ApiError:
-    """Translate the first pydantic error into a coded 400 naming the field."""
+def validation_problem(exc: ValidationError) -> tuple[ErrorCode, str, str]:
+    """Code, sentence and field of the first pydantic error (for any transport)."""
     err = exc.errors()[0]
     path = field_path(tuple(err.get("loc", ())))
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return ApiError(400, ErrorCode.UNKNOWN_FIELD, f"unknown field '{path}'", path)
+        return ErrorCode.UNKNOWN_FIELD, f"unknown field '{path}'", path
     if kind == "missing":
-        return ApiError(400, ErrorCode.MISSING_FIELD, f"missing field '{path}'", path)
-    return ApiError(400, ErrorCode.INVALID_FIELD, f"invalid field '{path}': {err.get('msg')}", path)
+        return ErrorCode.MISSING_FIELD, f"missing field '{path}'", path
+    return ErrorCode.INVALID_FIELD, f"invalid field '{path}': {err.get('msg')}", path
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """Translate the first pydantic error into a coded 400 naming the field."""
+    return ApiError(400, *validation_problem(exc))
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

@@ -128,7 +128,7 @@ from tradefleet.service.web import (
     json_response,
     make_app,
     require_token,
-    validation_error,
+    validation_problem,
 )
 from workers.broker.adapters.base import ConnectionChanged, FatalAdapterError, OrderRejectedError
 from workers.broker.adapters.paper import wire
@@ -254,10 +254,7 @@ def _problem(exc: OrderRefused) -> OrderProblem:
 
 
 def _invalid(exc: ValidationError) -> OrderProblem:
-    error = validation_error(exc)
-    body = orjson.loads(error.text or "{}").get("error", {})
-    return OrderProblem(400, ErrorCode(body.get("code", ErrorCode.INVALID_FIELD.value)),
-                        body.get("message", "invalid request"), body.get("field"))
+    return OrderProblem(400, *validation_problem(exc))
 
 
 def submit_order(app: web.Application, account: str, data: dict[str, Any]
@@ -631,17 +628,13 @@ class StreamConnection:
 
 
 def stream_request_problem(exc: ValidationError) -> tuple[ErrorCode, str, str | None]:
-    """Code, message and field for an invalid stream request (its first problem)."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err.get("loc", ())) or None
-    kind = err.get("type", "")
-    if kind == "missing":
-        return ErrorCode.MISSING_FIELD, f"missing field '{field}'", field
-    if field == "op":
-        return ErrorCode.UNKNOWN_TYPE, "op must be subscribe or unsubscribe", field
-    if kind == "extra_forbidden":
-        return ErrorCode.UNKNOWN_FIELD, f"unknown field '{field}'", field
-    return ErrorCode.INVALID_FIELD, f"invalid field '{field}': {err.get('msg')}", field
+    """Code, message and field for an invalid stream request (its first problem); an
+    unknown `op` is an unknown message type."""
+    code, message, field = validation_problem(exc)
+    if field == "op" and code is not ErrorCode.MISSING_FIELD:
+        return (ErrorCode.UNKNOWN_TYPE,
+                "op must be subscribe, unsubscribe, place, cancel or modify", field)
+    return code, message, field or None
 
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
