@@ -129,7 +129,8 @@ CLOCK_TICK_S = 1.0
 EQUITY_EVERY_TICKS = 10
 FIRST_PRICE_WAIT_S = 2.0
 RISK_WATCH_CHANNELS = (Channel.TICKER, Channel.TRADES)
-RECENT_FILLS = 50  # fills kept for the operator views (`info()["recent_fills"]`)
+RECENT_FILLS = 20  # fills kept for the operator views (`info()["recent_fills"]`, sent
+#                   with every status report, so kept short)
 NO_SESSION = "position-manager"  # requester of orders the manager places for no session
 
 

@@ -20,7 +20,7 @@ Operator events: the owner reports risk refusals, exits, kill-switch changes, ve
 and resyncs and position corrections (`on_notable`); each goes up the control pipe as a
 `WorkerEvent` (category `risk` or `venue`) to the BrokerManager's event log, through a bounded
 buffer that never makes trading wait. The owner's last fills are in `info()["recent_fills"]`
-(newest first, at most `RECENT_FILLS_SHOWN`).
+(newest first, at most `owner.RECENT_FILLS`).
 
 Drain: no new links; every link gets `resync {reason: "draining"}` so its Market re-learns the
 account's owner. The worker keeps serving the links it has until the new owner fences it (which
@@ -63,7 +63,6 @@ log = structlog.get_logger(__name__)
 SERVICE_TOKEN_ENV = "TRADEFLEET_SERVICE_TOKEN"
 CLOSE_OWNER_STOPPED = 1012  # service restart: re-learn the owner and reconnect
 VENUE_EVENTS = frozenset({"venue_down", "venue_resync", "position_corrected"})
-RECENT_FILLS_SHOWN = 20  # fills per account in the status info (it travels every heartbeat)
 
 
 def _fleet_switch(raw: Any) -> KillSwitch | None:
@@ -266,8 +265,6 @@ class BrokerService(WorkerService):
     def info(self) -> dict[str, Any]:
         owner = self.owner
         out: dict[str, Any] = owner.info() if owner is not None else {"state": "standby"}
-        if isinstance(out.get("recent_fills"), list):
-            out["recent_fills"] = out["recent_fills"][:RECENT_FILLS_SHOWN]
         out["links"] = len(self._links)
         out["sessions"] = len(self._session_links)
         out["requests_pending"] = self._lanes.pending
