@@ -203,11 +203,8 @@ class Client:
                 return
             except OSError:
                 data = b""
-            if not data:
-                self.close(conn)
+            if not self._took(conn, data):
                 return
-            conn.nbytes += len(data)
-            conn.buf += data
             rx = 0
             for level, kind, cdata in anc:
                 if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
@@ -220,6 +217,16 @@ class Client:
             if len(data) < RECV_BYTES:
                 return
 
+    def _took(self, conn: Conn, data: bytes) -> bool:
+        """Add what a read returned to the connection's buffer; False (and the connection
+        closed) when the read found the socket closed."""
+        if not data:
+            self.close(conn)
+            return False
+        conn.nbytes += len(data)
+        conn.buf += data
+        return True
+
     def on_readable_count(self, conn: Conn) -> None:
         """Count mode: plain `recv`, frames walked in place, events counted by marker."""
         try:
@@ -228,12 +235,9 @@ class Client:
             return
         except OSError:
             data = b""
-        if not data:
-            self.close(conn)
+        if not self._took(conn, data):
             return
-        conn.nbytes += len(data)
         buf = conn.buf
-        buf += data
         marker = self.marker
         pos, size = 0, len(buf)
         while size - pos >= 2:

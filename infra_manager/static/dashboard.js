@@ -805,6 +805,13 @@ function fleetKillOf(fleet) {
   return state;
 }
 
+// A kill-switch badge: its text, its colour (a state-* class) and its tooltip.
+function killBadge(label, text, stateClass, title) {
+  setText(label, text);
+  label.className = `badge kill-state ${stateClass}`;
+  label.title = title;
+}
+
 function renderFleetKill(fleet) {
   const box = $("fleet-kill");
   const state = fleetKillOf(fleet);
@@ -812,17 +819,10 @@ function renderFleetKill(fleet) {
   const button = $("fleet-kill-button");
   box.dataset.active = state === null ? "unknown" : String(state.active);
   if (state === null) {
-    setText(label, "off");
-    label.className = "badge kill-state state-up";
-    label.title = "No BrokerManager has reported a fleet-wide switch";
-  } else if (state.active) {
-    setText(label, "ACTIVE");
-    label.className = "badge kill-state state-silent";
-    label.title = `at ${state.location}`;
+    killBadge(label, "off", "state-up", "No BrokerManager has reported a fleet-wide switch");
   } else {
-    setText(label, "off");
-    label.className = "badge kill-state state-up";
-    label.title = "";
+    killBadge(label, state.active ? "ACTIVE" : "off", state.active ? "state-silent" : "state-up",
+              state.active ? `at ${state.location}` : "");
   }
   const active = state !== null && state.active;
   setText($("fleet-kill-reason"), active ? [state.reason, state.by && `by ${state.by}`].filter(Boolean).join(" · ") : "");
@@ -917,17 +917,10 @@ function renderKillSwitch(cell, account, state) {
   const label = cell.querySelector(".kill-state");
   const button = cell.querySelector("button");
   if (state === null) {
-    setText(label, "not reported");
-    label.className = "badge kill-state state-stopped";
-    label.title = "This Broker does not report a kill switch";
-  } else if (state.active) {
-    setText(label, "ACTIVE");
-    label.className = "badge kill-state state-silent";
-    label.title = state.reason;
+    killBadge(label, "not reported", "state-stopped", "This Broker does not report a kill switch");
   } else {
-    setText(label, "off");
-    label.className = "badge kill-state state-up";
-    label.title = "";
+    killBadge(label, state.active ? "ACTIVE" : "off", state.active ? "state-silent" : "state-up",
+              state.active ? state.reason : "");
   }
   cell.dataset.active = state === null ? "unknown" : String(state.active);
   const releasing = state !== null && state.active;
