@@ -138,6 +138,13 @@ def test_order_rate_counts_a_sliding_window() -> None:
     )
     older = AccountView(admitted_at=(NOW - 2 * SECOND, NOW - SECOND, NOW - 10))
     assert check(limits, state=older) == ACCEPT  # the one at exactly -1 s has left the window
+    # A long history before the window changes nothing; the count stops at the limit.
+    history = tuple(NOW - 10 * SECOND + i for i in range(10_000))
+    assert check(limits, state=AccountView(admitted_at=history + (NOW - 10,))) == ACCEPT
+    assert check(limits, state=AccountView(admitted_at=history + (NOW,) * 5)) == Refuse(
+        ErrorCode.RISK_ORDER_RATE,
+        "3 orders were accepted in the last 1 s, the most max_order_rate allows (3 per 1 s)",
+    )
 
 
 def test_max_open_positions_counts_working_orders() -> None:

@@ -40,7 +40,7 @@ from workers.broker.risk.records import (
     OrderRefused,
 )
 
-from .common import ACCOUNT, SPECS, order
+from .common import ACCOUNT, SECOND, SPECS, order
 from .desk import Desk
 
 D = Decimal
@@ -158,6 +158,21 @@ def test_the_order_rate_counts_admitted_orders_in_the_window() -> None:
     assert desk.place(order("c3"))[1].message.reason is ErrorCode.RISK_ORDER_RATE  # type: ignore[union-attr]
     desk.advance(1)
     assert isinstance(desk.place(order("c4"))[1], SubmitOrder)
+
+
+def test_the_order_rate_forgets_old_admissions_and_survives_a_clock_step_back() -> None:
+    desk = Desk(limits=RiskLimits.model_validate(
+        {"max_order_rate": {"max_orders": 2, "window_seconds": "1"}}))
+    for i in range(50):  # a long history, spread out: none of it counts a minute later
+        assert isinstance(desk.place(order(f"old{i}"))[1], SubmitOrder)
+        desk.advance(1.5)
+    desk.advance(60)
+    assert isinstance(desk.place(order("c1"))[1], SubmitOrder)
+    assert list(desk.manager.view(desk.now).admitted_at) == [desk.now]  # the rest forgotten
+    desk.advance(-0.5)  # the wall clock stepped back: the window still sees both
+    assert isinstance(desk.place(order("c2"))[1], SubmitOrder)
+    assert list(desk.manager.view(desk.now).admitted_at) == [desk.now, desk.now + SECOND // 2]
+    assert desk.place(order("c3"))[1].message.reason is ErrorCode.RISK_ORDER_RATE  # type: ignore[union-attr]
 
 
 def test_a_modify_is_checked_and_counts_at_both_sizes_until_the_venue_answers() -> None:

@@ -70,6 +70,8 @@ feed the configuration as a `LimitsUpdate` to make an edited file win instead.
 
 from __future__ import annotations
 
+import bisect
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -297,7 +299,9 @@ class PositionManager:
         self.positions = PositionBook(account)
         self.exits = ExitBook()
         self._kill: dict[KillScope, KillSwitchChanged] = {}
-        self._admitted_at: list[int] = []
+        # Admission times, oldest first; the view hands the deque itself to the engine
+        # (read-only there), so no check copies it.
+        self._admitted_at: deque[int] = deque()
         self._refused: dict[str, OrderRefused] = {}
         self._signals: dict[str, SignalAdopted | SignalRefused] = {}
 
@@ -325,7 +329,7 @@ class PositionManager:
         return AccountView(
             holdings=self.positions.holdings(),
             working=self.orders.views(),
-            admitted_at=tuple(self._admitted_at),
+            admitted_at=self._admitted_at,
             daily_loss=self.positions.daily_loss(now, self.limits.currency),
             kill_switch=self.kill_switch,
         )
@@ -442,7 +446,7 @@ class PositionManager:
         manager.orders = OrderLedger.restore(data["orders"])
         manager.positions = PositionBook.restore(data["account"], data["positions"])
         manager.exits = ExitBook.restore(data["exits"])
-        manager._admitted_at = list(data["admitted_at"])
+        manager._admitted_at = deque(data["admitted_at"])
         manager._refused = {k: OrderRefused.model_validate(r) for k, r in data["refused"].items()}
         manager._signals = {k: RISK_RECORD.validate_python(r) for k, r in data["signals"].items()}
         return manager
@@ -942,15 +946,22 @@ class PositionManager:
         self._note_admission(at)
 
     def _note_admission(self, at: int) -> None:
-        self._admitted_at.append(at)
+        admitted = self._admitted_at
+        if admitted and at < admitted[-1]:  # the clock stepped back: keep them in order
+            bisect.insort(admitted, at)
+        else:
+            admitted.append(at)
+        horizon = at - self._rate_memory_ns()
+        while admitted and admitted[0] <= horizon:
+            admitted.popleft()
+
+    def _rate_memory_ns(self) -> int:
         windows = [
             s.max_order_rate.window_ns
             for s in (self.limits, *self.limits.trader_tags.values())
             if s.max_order_rate is not None
         ]
-        horizon = at - max([_MIN_RATE_MEMORY_NS, *windows])
-        while self._admitted_at and self._admitted_at[0] <= horizon:
-            self._admitted_at.pop(0)
+        return max([_MIN_RATE_MEMORY_NS, *windows])
 
     def _apply_event(self, event: OrderEvent) -> None:
         fill = self.orders.on_event(event)
