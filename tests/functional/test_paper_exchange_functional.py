@@ -532,12 +532,17 @@ async def test_orders_go_over_the_stream_with_the_rest_codes(exchange: Exchange)
 
         assert (await receive())["type"] == "hello"
         replies = []
+        before: dict[int, list[str]] = {}  # the order events that came before each answer
         async with asyncio.timeout(20):
             for frame in frames:
                 await ws.send_json(frame)
+                seen = before[frame["id"]] = []
                 while (reply := await receive())["type"] == "events":
-                    pass  # this account's order events
+                    seen += [e["type"] for e in reply["events"]]
                 replies.append(reply)
+        # What a request did is on the stream by the time its answer is: events first.
+        assert before[1] == ["order_accepted"] and before[2] == []
+        assert before[3] == ["order_modified"] and before[4] == ["order_cancelled"]
         summary = [(r["id"], r["type"], r.get("created"), r.get("order", {}).get("status"),
                     r.get("error", {}).get("code")) for r in replies]
         assert summary == [

@@ -286,6 +286,12 @@ class PaperAdapter(Adapter):
             await self._venue.stop()
         self._wakeup.set()
 
+    def take_pending(self, limit: int) -> list[AdapterEvent]:
+        """Up to `limit` queued events, oldest first, taken without waiting: the stream server
+        writes the events an order request caused right before its answer."""
+        queue = self._queue
+        return [queue.popleft() for _ in range(min(limit, len(queue)))]
+
     async def events(self) -> AsyncIterator[AdapterEvent]:
         while True:
             while self._queue:

@@ -733,9 +733,10 @@ class RemotePaperAdapter(Adapter):
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
-            async with self._send_lock:
-                await ws.send_bytes(encode({**request, "id": request_id}))
-            return await asyncio.wait_for(answer, self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                async with self._send_lock:
+                    await ws.send_bytes(encode({**request, "id": request_id}))
+                return await answer
         except TimeoutError as exc:
             raise RetryableAdapterError(f"{what}: no answer within {self._timeout_s}s") from exc
         except (ConnectionError, aiohttp.ClientError) as exc:

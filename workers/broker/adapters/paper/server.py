@@ -130,7 +130,12 @@ from tradefleet.service.web import (
     require_token,
     validation_problem,
 )
-from workers.broker.adapters.base import ConnectionChanged, FatalAdapterError, OrderRejectedError
+from workers.broker.adapters.base import (
+    AdapterEvent,
+    ConnectionChanged,
+    FatalAdapterError,
+    OrderRejectedError,
+)
 from workers.broker.adapters.paper import wire
 from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig
@@ -529,21 +534,27 @@ class StreamConnection:
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode())
 
-    async def _send(self, frame: bytes) -> None:
-        async with self._send_lock:
-            await asyncio.wait_for(self.ws.send_bytes(frame), SEND_TIMEOUT_S)
+    async def _send(self, *frames: bytes) -> None:
+        """Write `frames` in order, together (nothing else goes out between them)."""
+        async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+            for frame in frames:
+                await self.ws.send_bytes(frame)
+
+    def _events_frame(self, batch: list[AdapterEvent]) -> bytes | None:
+        encoded = [encode(e) for e in batch if not isinstance(e, ConnectionChanged)]
+        if not encoded:
+            return None
+        self._metrics.events.inc(len(encoded))
+        return wire.events_frame(encoded)
 
     async def _pump(self) -> None:
         events = self._session.events()
         try:
             async for first in events:
-                batch = [first]
-                while self._session.backlog and len(batch) < MAX_EVENTS_PER_FRAME:
-                    batch.append(await anext(events))
-                encoded = [encode(e) for e in batch if not isinstance(e, ConnectionChanged)]
-                if encoded:
-                    await self._send(wire.events_frame(encoded))
-                    self._metrics.events.inc(len(encoded))
+                batch = [first, *self._session.take_pending(MAX_EVENTS_PER_FRAME - 1)]
+                frame = self._events_frame(batch)
+                if frame is not None:
+                    await self._send(frame)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -624,7 +635,16 @@ class StreamConnection:
             await self._send(wire.error_frame(request_id, problem.code, problem.message,
                                               problem.field))
             return
-        await self._send(wire.order_frame(request_id, created, snapshot))
+        # The events this request caused (and any queued before them) go out with the answer,
+        # in the same write and in order: from the pump they would wait for its next turn.
+        # Taking them is safe here: the pump sends whatever it took before we took ours, and
+        # it takes the lock before ours as it never waits between taking and locking.
+        frames = []
+        while self._session.backlog:
+            frame = self._events_frame(self._session.take_pending(MAX_EVENTS_PER_FRAME))
+            if frame is not None:
+                frames.append(frame)
+        await self._send(*frames, wire.order_frame(request_id, created, snapshot))
 
 
 def stream_request_problem(exc: ValidationError) -> tuple[ErrorCode, str, str | None]:
