@@ -75,7 +75,8 @@ class Source:
         ws = web.WebSocketResponse(max_msg_size=1 << 20)
         await ws.prepare(request)
         hello = orjson.loads((await ws.receive(timeout=10)).data)
-        link = MarketLink(ws, hello.get("market_id", "?"), max_backlog=10_000_000)
+        link = MarketLink(ws, hello.get("market_id", "?"), max_backlog=10_000_000,
+                          transport=request.transport)
         await ws.send_bytes(orjson.dumps({
             "type": "link_welcome", "account": self.account, "broker_id": "bench-source",
             "epoch": 1, "instruments": self.specs}))
@@ -102,7 +103,7 @@ class Source:
     async def feed(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        link = MarketLink(ws, "relay", max_backlog=10_000_000)
+        link = MarketLink(ws, "relay", max_backlog=10_000_000, transport=request.transport)
         writer = asyncio.create_task(link.run_writer())
         self.links["feed"].append(link)
         try:

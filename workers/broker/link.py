@@ -4,7 +4,10 @@
 events, replays, resync notices, market data — is queued without waiting and written by one
 writer task, so a slow Market never stalls the venue event loop or the other links. Consecutive
 market events waiting in the queue leave in one `market` frame (`coalesce`), each event encoded
-once by the caller and spliced as is into every link's frames.
+once by the caller and spliced as is into every link's frames. A session frame (an order
+answer, an order event) finding the queue empty, the writer idle and the socket keeping up is
+written to the transport at once instead (`tradefleet.service.wsframes`): it does not wait for
+the writer's turn. Market events always go through the queue, where they coalesce.
 
 A link whose queue passes `max_backlog` is closed (1013, try again later): the Market
 reconnects and resubscribes, which is cheaper than holding an unbounded backlog.
@@ -30,6 +33,7 @@ from pydantic import ValidationError
 from protocol.codec import CodecError, decode, encode
 from protocol.link import MARKET_TO_BROKER, LinkHello, MdSubscribe, MdUnsubscribe, Replay, Route
 from protocol.link import Resync as ResyncMessage
+from tradefleet.service.wsframes import BINARY, direct_transport, server_frame
 
 log = structlog.get_logger(__name__)
 
@@ -77,8 +81,10 @@ class MarketLink:
     """The outbound queue and writer of one Market worker's link."""
 
     def __init__(self, ws: web.WebSocketResponse, market_id: str, *,
-                 max_backlog: int = DEFAULT_MAX_BACKLOG, max_frame: int = DEFAULT_MAX_FRAME
-                 ) -> None:
+                 max_backlog: int = DEFAULT_MAX_BACKLOG, max_frame: int = DEFAULT_MAX_FRAME,
+                 transport: asyncio.BaseTransport | None = None) -> None:
+        """`transport` is the connection's (`request.transport`); without it every frame goes
+        through the writer task."""
         self.id = next(_ids)
         self.market_id = market_id
         self.sessions: set[str] = set()
@@ -88,7 +94,10 @@ class MarketLink:
         self._max_backlog = max_backlog
         self._max_frame = max_frame
         self._close: tuple[int, str] | None = None
+        self._transport = transport
+        self._writing = False  # the writer task has frames in hand
         self.frames_sent = 0
+        self.frames_direct = 0
 
     @property
     def closed(self) -> bool:
@@ -118,6 +127,14 @@ class MarketLink:
     def _put(self, item: tuple[bool, bytes]) -> None:
         if self._close is not None:
             return
+        is_market, data = item
+        if not is_market and not self._queue and not self._writing:
+            transport = direct_transport(self._ws, self._transport)
+            if transport is not None:
+                transport.write(server_frame(data, BINARY))
+                self.frames_sent += 1
+                self.frames_direct += 1
+                return
         self._queue.append(item)
         if len(self._queue) > self._max_backlog:
             log.warning("link_backlog_overflow", market_id=self.market_id,
@@ -135,9 +152,13 @@ class MarketLink:
                 while self._queue:
                     items = list(self._queue)
                     self._queue.clear()
-                    for frame in coalesce(items, self._max_frame):
-                        await self._ws.send_bytes(frame)
-                        self.frames_sent += 1
+                    self._writing = True
+                    try:
+                        for frame in coalesce(items, self._max_frame):
+                            await self._ws.send_bytes(frame)
+                            self.frames_sent += 1
+                    finally:
+                        self._writing = False
                 if self._close is not None:
                     code, reason = self._close
                     await self._ws.close(code=code, message=reason.encode()[:120])

@@ -300,7 +300,7 @@ class BrokerService(WorkerService):
         if hello is None:
             await ws.close(code=1008, message=b"first frame must be link_hello")
             return ws
-        link = MarketLink(ws, hello.market_id)
+        link = MarketLink(ws, hello.market_id, transport=request.transport)
         link.send(encode(LinkWelcome(account=owner.account, broker_id=self.ctx.worker_id,
                                      epoch=owner.epoch, instruments=owner.instruments)))
         self._links[link.id] = link

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import struct
 import time
 from typing import Any
 
@@ -35,6 +34,7 @@ from protocol.link import LinkWelcome
 from protocol.session import encode_batch
 from tradefleet.service.session_tokens import InvalidSessionToken, verify
 from tradefleet.service.web import ApiError, bearer
+from tradefleet.service.wsframes import direct_transport, server_frame
 from workers.market.broker_link import BrokerDirectory, BrokerLink
 from workers.market.core import Connection, MarketCore
 from workers.market.settings import MarketSettings
@@ -45,26 +45,12 @@ log = structlog.get_logger(__name__)
 SERVICE_TOKEN_ENV = "TRADEFLEET_SERVICE_TOKEN"
 HOUSEKEEPING_S = 1.0
 WRITER_STOP_S = 2.0
-DIRECT_WRITE_LIMIT = 256 * 1024
-"""Bytes already queued in a session's transport above which output goes through its writer
-task (which waits for the socket to drain) instead of being written at once."""
-
 MIN_WRITE_DELAY_S = 0.0005
 """A pause before the next write round shorter than this is not worth a timer."""
 MAX_WRITE_PAUSE_S = 0.002
 """The longest pause between two write rounds (what coalescing may add to an event's latency)."""
 
 _FrameCache = dict[tuple[int, int, int], tuple[list[bytes], bytes]]
-
-
-def _text_frame(payload: bytes) -> bytes:
-    """A final, unmasked, uncompressed text frame (server to client, RFC 6455 §5.2)."""
-    size = len(payload)
-    if size < 126:
-        return struct.pack("!BB", 0x81, size) + payload
-    if size < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def _framed(chunk: list[bytes], cache: _FrameCache) -> bytes:
@@ -74,7 +60,7 @@ def _framed(chunk: list[bytes], cache: _FrameCache) -> bytes:
     hit = cache.get(key)
     if hit is not None and hit[0] == chunk:
         return hit[1]
-    data = _text_frame(chunk[0] if len(chunk) == 1 else encode_batch(chunk))
+    data = server_frame(chunk[0] if len(chunk) == 1 else encode_batch(chunk))
     cache[key] = (chunk, data)
     return data
 
@@ -301,10 +287,7 @@ class MarketService(WorkerService):
         if entry is None or conn is None or conn.closing is not None or conn_id in self._busy:
             return None
         transport, ws = entry
-        if ws.closed or transport.is_closing() or \
-                transport.get_write_buffer_size() >= DIRECT_WRITE_LIMIT:
-            return None
-        return transport
+        return direct_transport(ws, transport)
 
     # ------------------------------------------------------------------ broker links
 
