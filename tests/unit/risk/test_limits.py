@@ -52,6 +52,22 @@ def check(limits: RiskLimits, new_order=None, state: AccountView | None = None, 
 
 def test_no_limits_accepts_anything() -> None:
     assert check(RiskLimits(), order(qty="1000000", price="1")) == ACCEPT
+    # No price, no state: nothing is valued when nothing is limited; a kill switch still wins.
+    assert check(RiskLimits(), order(instrument="NEW/USD"), prices=Prices()) == ACCEPT
+    assert check(RiskLimits(), state=AccountView(kill_switch="the account kill switch (ops)")
+                 ).code is ErrorCode.KILL_SWITCH  # type: ignore[union-attr]
+
+
+def test_an_engine_knows_whether_any_limit_is_set() -> None:
+    assert not RiskEngine(RiskLimits()).restricts
+    assert not RiskEngine(RiskLimits(currency="EUR", max_position_qty={})).restricts
+    assert RiskEngine(RiskLimits(max_open_positions=0)).restricts
+    assert RiskEngine(RiskLimits(allowed_instruments=frozenset())).restricts  # allows nothing
+    tagged = RiskLimits.model_validate({"trader_tags": {"mm": {"max_open_positions": 1}}})
+    assert RiskEngine(tagged).restricts
+    engine = RiskEngine(tagged)
+    engine.update(RiskLimits())
+    assert not engine.restricts
 
 
 def test_limits_are_strict_config() -> None:

@@ -255,11 +255,14 @@ class RiskEngine:
     """Checks one order at a time against the current limits. Holds no account state."""
 
     def __init__(self, limits: RiskLimits) -> None:
-        self.limits = limits
+        self.update(limits)
 
     def update(self, limits: RiskLimits) -> None:
         """Use `limits` from the next check on."""
         self.limits = limits
+        self.restricts = any(_restricts(s) for s in (limits, *limits.trader_tags.values()))
+        """False when no limit is set anywhere: only a kill switch can refuse, and the
+        account's state need not be gathered for a check."""
 
     def check(
         self,
@@ -343,6 +346,8 @@ class RiskEngine:
                 f"trading is stopped by {state.kill_switch}; new orders are refused until an "
                 "operator clears it",
             )
+        if not self.restricts:
+            return ACCEPT
         limits = self.limits
         sets: list[tuple[LimitSet, str]] = [(limits, "")]
         tag_limits = limits.trader_tags.get(trader_tag) if trader_tag is not None else None
@@ -520,3 +525,8 @@ def _admitted_since(admitted_at: Sequence[int], since: int, enough: int) -> int:
             break
         count += 1
     return count
+
+
+def _restricts(limits: LimitSet) -> bool:
+    """Does this set hold any limit? (An empty `allowed_instruments` allows nothing: a limit.)"""
+    return any(getattr(limits, name) not in (None, {}) for name in LimitSet.model_fields)

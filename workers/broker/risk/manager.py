@@ -334,6 +334,12 @@ class PositionManager:
             kill_switch=self.kill_switch,
         )
 
+    def _checked_view(self, now: int) -> AccountView:
+        """What a check needs: the whole view, or only the kill switch when no limit is set."""
+        if self.engine.restricts:
+            return self.view(now)
+        return AccountView(kill_switch=self.kill_switch)
+
     def position_list(self) -> list[Position]:
         return self.positions.positions()
 
@@ -513,7 +519,7 @@ class PositionManager:
                 )
             ]
         verdict = self.engine.check(
-            order, self.view(now), self.prices, now, trader_tag=request.trader_tag
+            order, self._checked_view(now), self.prices, now, trader_tag=request.trader_tag
         )
         if isinstance(verdict, Refuse):
             record = OrderRefused(
@@ -536,7 +542,7 @@ class PositionManager:
         if tracked is None or not tracked.is_working or modify.account != self.account:
             return [SubmitModify(modify)]  # the tracker explains why not
         verdict = self.engine.check_modify(
-            modify, self.view(now), self.prices, now, trader_tag=request.trader_tag
+            modify, self._checked_view(now), self.prices, now, trader_tag=request.trader_tag
         )
         if isinstance(verdict, Refuse):
             record = ModifyRefused(
@@ -611,7 +617,7 @@ class PositionManager:
         order = sizing.entry_order(signal, plan.target_qty, position, spec)
         if order is not None:
             verdict = self.engine.check(
-                order, self.view(now), self.prices, now, trader_tag=request.trader_tag
+                order, self._checked_view(now), self.prices, now, trader_tag=request.trader_tag
             )
             if isinstance(verdict, Refuse):
                 raise SignalRefusal(verdict.code, verdict.message)
