@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,6 +19,10 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, int | None]]) -> int
             loop.add_signal_handler(sig, stop.set)
         return await main(stop)
 
+    # Everything imported and built so far (modules, classes, schemas) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise walk it every time
+    # (a full pass of a loaded Market worker took ~57 ms, ~29 ms with this).
+    gc.freeze()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
