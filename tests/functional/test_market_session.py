@@ -159,6 +159,29 @@ async def test_a_flood_gets_an_error_then_a_policy_close(world: World) -> None:
     assert await a.closed_with() == 1008
 
 
+async def test_bursts_of_orders_from_two_sessions_reach_the_broker_complete_and_in_order(
+        world: World) -> None:
+    # Orders leave from each session's reader when the link is idle and queue behind the
+    # link's writer otherwise: neither path may lose or reorder a session's requests.
+    a, b = await world.session("s-a"), await world.session("s-b")
+    await a.expect("welcome")
+    await b.expect("welcome")
+    sent: dict[str, list[str]] = {"s-a": [], "s-b": []}
+    for i in range(60):
+        for session, sid in ((a, "s-a"), (b, "s-b")):
+            cid = f"{sid}-{i}"
+            sent[sid].append(cid)
+            await session.send(order(cid))
+
+    def routed(sid: str) -> list[str]:
+        return [m["msg"]["client_order_id"] for m in world.broker.of_type("route")
+                if m["session_id"] == sid and m["msg"]["type"] == "new_order"]
+
+    await wait_for(lambda: len(routed("s-a")) == 60 and len(routed("s-b")) == 60,
+                   what="every order routed")
+    assert routed("s-a") == sent["s-a"] and routed("s-b") == sent["s-b"]
+
+
 async def test_order_events_in_seq_order_with_a_lost_event_replayed(world: World) -> None:
     a = await world.session("s-a")
     await a.expect("welcome")

@@ -88,7 +88,8 @@ class BrokerLink:
     """One account's link. `start()` it once; it stays open until `stop()`.
 
     `ready` is set while the link is welcomed; `send` queues frames for it (frames queued
-    while it is down are dropped: the core re-sends what matters on `link_up`).
+    while it is down are dropped: the core re-sends what matters on `link_up`); `write_now`
+    writes them from the caller's task when nothing is ahead of them.
     """
 
     def __init__(self, account: str, *, market_id: str, service_token: str,
@@ -108,6 +109,7 @@ class BrokerLink:
                                                  settings.link_backoff_max_s)
         self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
+        self._writing = False  # a task is mid-write on the link: the others queue behind it
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -128,6 +130,26 @@ class BrokerLink:
         if self.ready.is_set():
             self._queue.extend(frames)
             self._wake.set()
+
+    async def write_now(self, frames: list[bytes]) -> None:
+        """Write `frames` from the calling task when nothing is queued and no one is writing
+        (an algo's order then leaves without waiting for the writer task's turn); otherwise
+        queue them behind what is there. A write that fails is dropped like a queued frame:
+        the reader sees the link go down."""
+        ws = self._ws
+        if ws is None or not self.ready.is_set() or self._queue or self._writing:
+            self.send(frames)
+            return
+        self._writing = True
+        try:
+            for frame in frames:
+                await ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            log.debug("broker link write failed", account=self.account, error=repr(exc))
+        finally:
+            self._writing = False
+            if self._queue:
+                self._wake.set()
 
     async def _run(self) -> None:
         log.info("broker link starting", account=self.account)
@@ -202,5 +224,11 @@ class BrokerLink:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while queue:
-                await ws.send_bytes(queue.popleft())
+            if self._writing:
+                continue  # `write_now` is mid-write; it wakes this task when it is done
+            self._writing = True
+            try:
+                while queue:
+                    await ws.send_bytes(queue.popleft())
+            finally:
+                self._writing = False

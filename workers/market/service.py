@@ -188,6 +188,7 @@ class MarketService(WorkerService):
             async for msg in ws:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     self.core.receive(conn.conn_id, msg.data, time.monotonic())
+                    await self._write_links()
                     self._flush()
                     if conn.closing is not None:
                         break
@@ -233,6 +234,14 @@ class MarketService(WorkerService):
                     return
         except (ConnectionError, RuntimeError) as exc:  # the peer went away mid-write
             log.debug("session write failed", conn_id=conn.conn_id, error=repr(exc))
+
+    async def _write_links(self) -> None:
+        """Write the link frames an algo's message made from its reader, at once where the
+        link is idle (see `BrokerLink.write_now`)."""
+        for account, frames in self.core.take_link_frames().items():
+            link = self.links.get(account)
+            if link is not None:
+                await link.write_now(frames)
 
     def _flush(self) -> None:
         """Hand link frames to their links now; write the sessions' output once the event loop
