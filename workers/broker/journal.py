@@ -84,6 +84,10 @@ class Journal:
         self.epoch = epoch
         self._db = sqlite3.connect(path, isolation_level=None, timeout=10,
                                    check_same_thread=False)
+        # Small pages: an append writes the pages it touched (a table and an index leaf) to
+        # the WAL, and an entry is a few hundred bytes. 1 KiB pages took the append from ~18
+        # to ~14 us at the median, p99 ~60 to ~34 us. Applies to new files only.
+        self._db.execute("PRAGMA page_size=1024")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=" + ("FULL" if durability == "power" else "NORMAL"))
         # Checkpoints (copying the WAL into the file, with an fsync) run in a thread of their
