@@ -123,6 +123,7 @@ from tradefleet.service import logs
 from tradefleet.service import metrics as metrics_http
 from tradefleet.service.loop import run
 from tradefleet.service.tokens import load_or_create_secrets
+from tradefleet.service.wsframes import BINARY, direct_transport, server_frame
 from tradefleet.service.web import (
     ApiError,
     json_response,
@@ -491,11 +492,13 @@ class StreamConnection:
     _ids = itertools.count(1)
 
     def __init__(
-        self, ws: web.WebSocketResponse, app: web.Application, account: str
+        self, ws: web.WebSocketResponse, app: web.Application, account: str, *,
+        transport: asyncio.BaseTransport | None = None,
     ) -> None:
         venue, metrics = app[VENUE], app[METRICS]
         self._app = app
         self.ws = ws
+        self._transport = transport
         self.account = account
         self.id = next(self._ids)
         self._venue = venue
@@ -535,8 +538,13 @@ class StreamConnection:
         await self.ws.close(code=code, message=reason.encode())
 
     async def _send(self, *frames: bytes) -> None:
-        """Write `frames` in order, together (nothing else goes out between them)."""
+        """Write `frames` in order, together (nothing else goes out between them): in one
+        write to the transport when it keeps up, else one by one through aiohttp."""
         async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+            transport = direct_transport(self.ws, self._transport)
+            if transport is not None:
+                transport.write(b"".join(server_frame(frame, BINARY) for frame in frames))
+                return
             for frame in frames:
                 await self.ws.send_bytes(frame)
 
@@ -665,7 +673,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         heartbeat=HEARTBEAT_S, max_msg_size=wire.MAX_STREAM_FRAME, compress=False
     )
     await ws.prepare(request)
-    connection = StreamConnection(ws, app, account)
+    connection = StreamConnection(ws, app, account, transport=request.transport)
     app[STREAMS].add(connection)
     app[METRICS].streams.inc()
     try:
