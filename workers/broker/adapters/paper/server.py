@@ -82,8 +82,9 @@ WebSocket `GET /v1/stream?account=A`:
         {"op": "modify", "id"?, "client_order_id", "qty"?, "price"?}   and codes as REST
     venue → client, answers to order ops:
         {"type": "order", "id", "created", "order": OrderSnapshot}   the order right after
-                                                       the engine acted (its events follow
-                                                       in an `events` frame as usual)
+                                                       the engine acted; the `events` frame
+                                                       with the events it caused comes just
+                                                       before it, in the same write
         {"type": "error", "id", "error": {...}}        refused, with the REST code
 
     A book subscription starts with a `book_snapshot`; `book_delta`s follow with contiguous
