@@ -4,8 +4,8 @@ aiohttp's `send_*` are coroutines: a caller in plain code has to hand its data t
 costs a pass of the event loop before the bytes leave. On the hot paths (an algo's order
 answer, a fan-out round) the server writes a complete frame to the transport itself when
 nothing stands in the way: no compression negotiated, the connection not closing, and little
-already queued in the transport (past `limit` the caller goes through aiohttp, which waits for
-the socket to drain). A frame is written whole, so it never interleaves with aiohttp's own
+already queued in the transport (past `DIRECT_WRITE_LIMIT` the caller goes through aiohttp,
+which waits for the socket to drain). A frame is written whole, so it never interleaves with aiohttp's own
 frames (pings, closes) on the same transport.
 """
 

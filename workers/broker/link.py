@@ -97,7 +97,6 @@ class MarketLink:
         self._transport = transport
         self._writing = False  # the writer task has frames in hand
         self.frames_sent = 0
-        self.frames_direct = 0
 
     @property
     def closed(self) -> bool:
@@ -133,7 +132,6 @@ class MarketLink:
             if transport is not None:
                 transport.write(server_frame(data, BINARY))
                 self.frames_sent += 1
-                self.frames_direct += 1
                 return
         self._queue.append(item)
         if len(self._queue) > self._max_backlog:
