@@ -326,3 +326,39 @@ def test_forget_closed_keeps_working_orders_and_the_ledger(engine: MatchingEngin
     engine.forget_closed("a")
     assert engine.order("a", "s") is None and engine.is_working("a", "rest")
     assert engine.fills("a") == [] and engine.ledger.cash("a") == cash
+
+
+# ---------------------------------------------------------------- batches and quiet accounts
+
+
+def test_a_batch_reports_its_book_changes_once_at_the_end(engine: MatchingEngine) -> None:
+    engine.submit(order("s1", "a", "sell", "1", "101"))
+    with engine.batch() as tail:
+        events = engine.submit(order("b1", "b", "buy", "1", "99"))
+        events += engine.submit(order("b2", "b", "buy", "2", "99.5"))
+        events += engine.cancel("b", "b1")
+        assert not of_type(events, BookDelta) and not of_type(events, Ticker)
+        assert tail == []
+    # One delta with the net change of each touched level, then one ticker.
+    assert [type(e) for e in tail] == [BookDelta, Ticker]
+    delta = tail[0]
+    assert isinstance(delta, BookDelta)
+    assert delta.bids == [(D("99.5"), D(2)), (D(99), D(0))] and delta.asks == []
+    assert engine.ticker("BTC/USD").bid == D("99.5")
+    # Outside a batch every operation reports its own change again.
+    assert of_type(engine.submit(order("b3", "b", "buy", "1", "98")), BookDelta)
+    with pytest.raises(RuntimeError, match="do not nest"), engine.batch(), engine.batch():
+        pass
+
+
+def test_a_quiet_account_gets_no_acknowledgements_but_its_fills_are_reported(
+        engine: MatchingEngine) -> None:
+    engine.open_account("house", {"USD": D(1_000_000), "BTC": D(100)}, quiet=True)
+    assert not of_type(engine.submit(order("h1", "house", "sell", "1", "100")), OrderAccepted)
+    events = engine.submit(order("t1", "a", "buy", "0.4", "100"))
+    assert [(acc, cid) for acc, cid, *_ in fills(events)] == [("house", "h1"), ("a", "t1")]
+    assert [e.account for e in of_type(events, OrderAccepted)] == ["a"]
+    assert not of_type(engine.modify("house", "h1", qty=D("0.8")), OrderModified)
+    assert not of_type(engine.cancel("house", "h1"), OrderCancelled)
+    done = engine.order("house", "h1")
+    assert done is not None and done.status is OrderStatus.CANCELLED  # the state is kept

@@ -73,6 +73,29 @@ def test_another_seed_another_market() -> None:
     assert run(walk()[1], 50) != run(walk(other)[1], 50)
 
 
+def test_a_step_reports_each_book_once_and_the_house_quietly() -> None:
+    engine, market = walk()
+    book = {name: engine.book(name) for name in ("BTC/USD", "ETH/USD")}
+    for _ in range(50):
+        events = market.step()
+        deltas = [e for e in events if isinstance(e, BookDelta)]
+        assert len(deltas) == len({d.instrument for d in deltas}) <= 2
+        assert not [e for e in events if type(e).__name__ in
+                    ("OrderAccepted", "OrderCancelled", "OrderModified")]
+        for delta in deltas:  # the net changes still rebuild the engine's book exactly
+            levels = {"bids": dict(book[delta.instrument].bids),
+                      "asks": dict(book[delta.instrument].asks)}
+            for side in ("bids", "asks"):
+                for price, qty in getattr(delta, side):
+                    if qty == 0:
+                        levels[side].pop(price, None)
+                    else:
+                        levels[side][price] = qty
+            now = engine.book(delta.instrument)
+            assert levels == {"bids": dict(now.bids), "asks": dict(now.asks)}
+            book[delta.instrument] = now
+
+
 def test_walk_quotes_both_sides_and_prints_trades() -> None:
     engine, market = walk()
     events = [e for _ in range(100) for e in market.step()]

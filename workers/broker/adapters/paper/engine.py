@@ -19,7 +19,8 @@ A refused request raises `OrderRefused` and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -94,13 +95,23 @@ class MatchingEngine:
         self._next_order = 0
         self._next_trade = 0
         self._next_fill = 0
+        self._batched: dict[str, OrderBook] | None = None  # books changed inside `batch()`
+        self._quiet: set[str] = set()
 
     # ------------------------------------------------------------ accounts and queries
 
-    def open_account(self, account: str, cash: Mapping[str, Decimal] | None = None) -> None:
-        """Create a trading account with starting cash. Raises ValueError if it exists."""
+    def open_account(self, account: str, cash: Mapping[str, Decimal] | None = None, *,
+                     quiet: bool = False) -> None:
+        """Create a trading account with starting cash. Raises ValueError if it exists.
+
+        A `quiet` account's order acknowledgements (accepted, modified, cancelled) are not
+        built: nobody is told of them. Its fills and the trades are reported as for any
+        account. For the venue's own synthetic makers and takers, which place and cancel tens
+        of orders a step."""
         self.ledger.open_account(account, cash or {})
         self._fills[account] = []
+        if quiet:
+            self._quiet.add(account)
 
     def order(self, account: str, client_order_id: str) -> OrderSnapshot | None:
         """The order's current state, or None if the engine never saw it."""
@@ -164,6 +175,24 @@ class MatchingEngine:
     def last_price(self, instrument: str) -> Decimal | None:
         return self._book(instrument).last_price
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[list[EngineEvent]]:
+        """Several operations whose book changes are reported once, at the end: one
+        `book_delta` and at most one ticker per changed book instead of one per operation
+        (the synthetic market requotes tens of orders a step). The report is appended to the
+        list this yields when the block ends; order events and trades come as usual."""
+        if self._batched is not None:
+            raise RuntimeError("batches do not nest")
+        self._batched = {}
+        tail: list[EngineEvent] = []
+        try:
+            yield tail
+        finally:
+            books, self._batched = self._batched, None
+            ts = self._clock()
+            for book in books.values():
+                self._flush(book, ts, tail)
+
     # ------------------------------------------------------------ order entry
 
     def submit(self, request: NewOrder) -> list[EngineEvent]:
@@ -201,10 +230,11 @@ class MatchingEngine:
         )
         self._orders[(order.account, order.client_order_id)] = order
         book = self._books[order.instrument]
-        events: list[EngineEvent] = [OrderAccepted(**self._state(order, ts))]
+        events: list[EngineEvent] = []
+        self._acknowledge(order, OrderAccepted, ts, events)
         self._match(book, order, ts, events)
         self._rest_or_cancel(book, order, ts, events)
-        self._flush(book, ts, events)
+        self._changed(book, ts, events)
         return events
 
     def cancel(self, account: str, client_order_id: str) -> list[EngineEvent]:
@@ -219,7 +249,7 @@ class MatchingEngine:
         book = self._books[order.instrument]
         events: list[EngineEvent] = []
         self._cancel(book, order, CancelReason.REQUESTED, ts, events)
-        self._flush(book, ts, events)
+        self._changed(book, ts, events)
         return events
 
     def modify(
@@ -263,14 +293,14 @@ class MatchingEngine:
         if loses_priority:
             side.remove(order)
             order.qty, order.price = new_qty, new_price
-            events.append(OrderModified(**self._state(order, ts)))
+            self._acknowledge(order, OrderModified, ts, events)
             self._match(book, order, ts, events)
             self._rest_or_cancel(book, order, ts, events)
         else:
             side.shrink(new_price, order.qty - new_qty)
             order.qty = new_qty
-            events.append(OrderModified(**self._state(order, ts)))
-        self._flush(book, ts, events)
+            self._acknowledge(order, OrderModified, ts, events)
+        self._changed(book, ts, events)
         return events
 
     # ------------------------------------------------------------ matching
@@ -392,7 +422,19 @@ class MatchingEngine:
             book.side(order.side).remove(order)
             book.touch(order.side, order.price)  # type: ignore[arg-type]
         order.status = OrderStatus.CANCELLED
-        events.append(OrderCancelled(**self._state(order, ts), reason=reason))
+        self._acknowledge(order, OrderCancelled, ts, events, reason=reason)
+
+    def _acknowledge(self, order: RestingOrder, kind: Callable[..., EngineEvent], ts: int,
+                     events: list[EngineEvent], **extra: Any) -> None:
+        if order.account not in self._quiet:
+            events.append(kind(**self._state(order, ts), **extra))
+
+    def _changed(self, book: OrderBook, ts: int, events: list[EngineEvent]) -> None:
+        """An operation on `book` is done: report its changes now, or at the batch's end."""
+        if self._batched is None:
+            self._flush(book, ts, events)
+        else:
+            self._batched[book.instrument] = book
 
     def _flush(self, book: OrderBook, ts: int, events: list[EngineEvent]) -> None:
         bids, asks = book.take_changes()

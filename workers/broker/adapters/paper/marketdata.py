@@ -74,7 +74,7 @@ class RandomWalkMarket:
         self._taker = taker_account
         for account in (maker_account, taker_account):
             if not engine.ledger.has_account(account):
-                engine.open_account(account)
+                engine.open_account(account, quiet=True)
         self._states = [
             _WalkState(config=i, mid_ticks=int(i.initial_price / i.tick_size)) for i in instruments
         ]
@@ -116,10 +116,12 @@ class RandomWalkMarket:
     def step(self) -> list[EngineEvent]:
         """Advance every instrument by one step; return what the engine reported."""
         events: list[EngineEvent] = []
-        for state in self._states:
-            self._move(state)
-            self._requote(state, events)
-            self._trade(state, events)
+        with self._engine.batch() as book_changes:
+            for state in self._states:
+                self._move(state)
+                self._requote(state, events)
+                self._trade(state, events)
+        events += book_changes
         self.steps += 1
         if self.steps % _FORGET_EVERY_STEPS == 0:
             self._engine.forget_closed(self._maker)
@@ -165,7 +167,8 @@ class RandomWalkMarket:
                 continue
             side, ticks = level
             cid = self._new_id("m")
-            request = NewOrder(
+            # Built from validated config by this code: not validated again (tens a step).
+            request = NewOrder.model_construct(
                 client_order_id=cid,
                 account=self._maker,
                 instrument=config.instrument,
@@ -184,7 +187,7 @@ class RandomWalkMarket:
         low, high = config.taker_lots
         for _ in range(count):
             side = Side.BUY if self._rng.random() < 0.5 else Side.SELL
-            request = NewOrder(
+            request = NewOrder.model_construct(
                 client_order_id=self._new_id("t"),
                 account=self._taker,
                 instrument=config.instrument,
@@ -256,7 +259,7 @@ class ReplayMarket:
         self._pending: RecordedEvent | None = None
         self._maker = maker_account
         if not engine.ledger.has_account(maker_account):
-            engine.open_account(maker_account)
+            engine.open_account(maker_account, quiet=True)
         self._mirrors: dict[str, _MirrorState] = {}
         self._next_id = 0
         self.skipped = 0  # recorded levels the engine refused (off tick, off lot, unknown)
