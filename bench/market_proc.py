@@ -20,7 +20,7 @@ from protocol.control import WorkerKind
 from tradefleet.config import FleetConfig
 from tradefleet.service.logs import configure
 from tradefleet.service.loop import run
-from tradefleet.service.web import make_app
+from tradefleet.service.web import listen, make_app
 from workers.market.service import MarketService
 from workers.runtime.service import WorkerContext
 
@@ -35,9 +35,7 @@ async def serve(stop: asyncio.Event, data_dir: Path, token: str) -> int:
     service.add_routes(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = await listen(runner)
     await service.start()
     print(f"http://127.0.0.1:{port} {os.getpid()}", flush=True)
     await stop.wait()

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from tradefleet.service.web import listen
 from workers.broker.link import MarketLink
 
 TICK_S = 0.001
@@ -161,9 +162,7 @@ async def main(token: str, account: str, instruments: int) -> None:
     app.router.add_get("/stats", source.stats)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = await listen(runner)
     source.url = f"http://127.0.0.1:{port}"
     print(source.url, flush=True)
     await source.generate()

@@ -25,6 +25,7 @@ from tradefleet.service import logs
 from tradefleet.service import metrics as metrics_http
 from tradefleet.service.loop import run
 from tradefleet.service.tokens import load_or_create_secrets
+from tradefleet.service.web import listen
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         app.on_response_prepare.append(lambda req, resp: refresh_metrics(req.app))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, args.host, args.port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = await listen(runner, args.host, args.port)
         url = f"http://{args.host}:{port}"
         await manager.start(url)
         write_atomic(args.data_dir / "run" / f"{kind.value}-manager.url", url)

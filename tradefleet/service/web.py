@@ -112,6 +112,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         raise ApiError(500, ErrorCode.INTERNAL, "internal error; see the server log") from None
 
 
+async def listen(runner: web.AppRunner, host: str = "127.0.0.1", port: int = 0) -> int:
+    """Serve `runner` (already set up) on `host:port`; return the port bound (the OS picks
+    one for port 0)."""
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
 def make_app(**kwargs: Any) -> web.Application:
     """An aiohttp application with the coded-error middleware installed."""
     return web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES,

@@ -32,7 +32,7 @@ from protocol.control import (
 from protocol.errors import ErrorCode
 from tradefleet import __version__
 from tradefleet.service import metrics as metrics_http
-from tradefleet.service.web import ApiError, json_response, make_app, require_token
+from tradefleet.service.web import ApiError, json_response, listen, make_app, require_token
 from workers.runtime.checkin import CheckinRefused, check_in
 from workers.runtime.control_core import Effect, WorkerControl
 from workers.runtime.service import WorkerContext, WorkerService
@@ -260,9 +260,7 @@ class WorkerRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = await listen(runner)
         self.url = f"http://127.0.0.1:{port}"
         structlog.contextvars.bind_contextvars(url=self.url)
         log.info("listening")
