@@ -96,7 +96,6 @@ class MarketLink:
         self._close: tuple[int, str] | None = None
         self._transport = transport
         self._writing = False  # the writer task has frames in hand
-        self.frames_sent = 0
 
     @property
     def closed(self) -> bool:
@@ -131,7 +130,6 @@ class MarketLink:
             transport = direct_transport(self._ws, self._transport)
             if transport is not None:
                 transport.write(server_frame(data, BINARY))
-                self.frames_sent += 1
                 return
         self._queue.append(item)
         if len(self._queue) > self._max_backlog:
@@ -154,7 +152,6 @@ class MarketLink:
                     try:
                         for frame in coalesce(items, self._max_frame):
                             await self._ws.send_bytes(frame)
-                            self.frames_sent += 1
                     finally:
                         self._writing = False
                 if self._close is not None:

@@ -67,7 +67,11 @@ def test_an_engine_knows_whether_any_limit_is_set() -> None:
     assert RiskEngine(tagged).restricts
     engine = RiskEngine(tagged)
     engine.update(RiskLimits())
-    assert not engine.restricts
+    assert not engine.restricts and engine.longest_rate_window_ns == 0
+    rates = RiskLimits.model_validate({
+        "max_order_rate": {"max_orders": 5, "window_seconds": "1"},
+        "trader_tags": {"mm": {"max_order_rate": {"max_orders": 50, "window_seconds": "120"}}}})
+    assert RiskEngine(rates).longest_rate_window_ns == 120 * SECOND
 
 
 def test_limits_are_strict_config() -> None:

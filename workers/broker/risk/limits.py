@@ -260,9 +260,13 @@ class RiskEngine:
     def update(self, limits: RiskLimits) -> None:
         """Use `limits` from the next check on."""
         self.limits = limits
-        self.restricts = any(_restricts(s) for s in (limits, *limits.trader_tags.values()))
+        sets = (limits, *limits.trader_tags.values())
+        self.restricts = any(_restricts(s) for s in sets)
         """False when no limit is set anywhere: only a kill switch can refuse, and the
         account's state need not be gathered for a check."""
+        self.longest_rate_window_ns = max(
+            (s.max_order_rate.window_ns for s in sets if s.max_order_rate is not None), default=0)
+        """How far back the order-rate limits look (0 without any)."""
 
     def check(
         self,

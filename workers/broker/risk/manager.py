@@ -957,17 +957,9 @@ class PositionManager:
             bisect.insort(admitted, at)
         else:
             admitted.append(at)
-        horizon = at - self._rate_memory_ns()
+        horizon = at - max(_MIN_RATE_MEMORY_NS, self.engine.longest_rate_window_ns)
         while admitted and admitted[0] <= horizon:
             admitted.popleft()
-
-    def _rate_memory_ns(self) -> int:
-        windows = [
-            s.max_order_rate.window_ns
-            for s in (self.limits, *self.limits.trader_tags.values())
-            if s.max_order_rate is not None
-        ]
-        return max([_MIN_RATE_MEMORY_NS, *windows])
 
     def _apply_event(self, event: OrderEvent) -> None:
         fill = self.orders.on_event(event)
