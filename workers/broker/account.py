@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+import orjson
+
 from protocol.errors import ErrorCode
 from protocol.market import Side
 from protocol.orders import (
@@ -100,6 +102,12 @@ def request_payload(request: ClientRequest, session_id: str, customer: str) -> d
 
 def event_payload(event: OrderEvent) -> dict[str, Any]:
     return event.model_dump(mode="json", exclude_none=True, exclude={"seq"})
+
+
+def stamped_event(payload: dict[str, Any], seq: int | None) -> bytes:
+    """The wire form of a journaled event (`event_payload`) carrying its session `seq`: the
+    same bytes' content as encoding the event model with that seq, without building it."""
+    return orjson.dumps(payload if seq is None else {**payload, "seq": seq})
 
 
 def refused_payload(refusal: VenueRefused) -> dict[str, Any]:

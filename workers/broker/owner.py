@@ -82,7 +82,7 @@ from protocol.orders import (
 from protocol.session import Error, ProtocolError, parse_client_message
 from protocol.signals import Signal
 from workers.broker import account as entries
-from workers.broker.account import AccountBook
+from workers.broker.account import AccountBook, stamped_event
 from workers.broker.adapters.base import (
     Adapter,
     AdapterError,
@@ -604,9 +604,10 @@ class AccountOwner:
                 if journaled is not None and journaled[0] is effect.event:
                     event, entry = journaled
                     if entry.session_id is not None:
-                        stamped = event.model_copy(update={"seq": entry.session_seq})
-                        self._outbox.to_session(entry.session_id,
-                                                session_frame(entry.session_id, encode(stamped)))
+                        # The journaled payload is the event's wire form without its seq: the
+                        # session gets it with the seq the journal gave (not encoded twice).
+                        self._outbox.to_session(entry.session_id, session_frame(
+                            entry.session_id, stamped_event(entry.payload, entry.session_seq)))
                 elif requester is not None:  # an answer (the snapshot of a repeated order)
                     self._answer(requester, effect.event)
             elif isinstance(effect, PlaceAtVenue):

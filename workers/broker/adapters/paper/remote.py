@@ -688,6 +688,9 @@ class RemotePaperAdapter(Adapter):
         if isinstance(frame, EventsFrame):
             # Waits while the Broker lags: TCP then pushes back on the venue.
             await self._queue.put(frame.events)
+            # The venue writes an order's events just before its answer, often in one
+            # segment: let the consumer pass them on before this task reads the answer.
+            await asyncio.sleep(0)
         elif isinstance(frame, AckFrame):
             self._resolve(frame.id, None)
         elif isinstance(frame, OrderFrame):
