@@ -7,6 +7,11 @@ one process, as plain as the platform's own stack allows).
 `--blast N` measures the clients instead: no upstream, the same pre-built `batch` frame of N
 trade events is written to every client over and over (each write awaits the socket's drain),
 so the clients, not this process, set the pace: that is the client processes' capacity.
+
+`--route` is the bare baseline of a stream per session (the sessions benchmark's
+`--streams own`): a client names its instrument in a first `{"instrument": ...}` message (it is
+answered `{"type":"subscribed"}`), and each upstream event goes, alone in its frame, to the
+client of its instrument. Frames are parsed to find the instrument, nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import sys
 
 import aiohttp
+import orjson
 from aiohttp import WSMsgType, web
 
 
@@ -40,23 +46,48 @@ async def blast(clients: list[web.WebSocketResponse], events: int) -> None:
         await asyncio.sleep(0)
 
 
-async def main(upstream_url: str | None, blast_events: int) -> None:
+async def main(upstream_url: str | None, blast_events: int, route: bool = False) -> None:
     clients: list[web.WebSocketResponse] = []
+    routes: dict[str, web.WebSocketResponse] = {}
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        clients.append(ws)
+        if not route:
+            clients.append(ws)
+        mine: list[str] = []
         try:
-            async for _msg in ws:
-                pass
+            async for msg in ws:
+                if route and msg.type is WSMsgType.TEXT:
+                    instrument = orjson.loads(msg.data).get("instrument")
+                    if isinstance(instrument, str):
+                        routes[instrument] = ws
+                        mine.append(instrument)
+                        await ws.send_frame(b'{"type":"subscribed"}', WSMsgType.TEXT)
         finally:
-            clients.remove(ws)
+            if ws in clients:
+                clients.remove(ws)
+            for instrument in mine:
+                routes.pop(instrument, None)
         return ws
+
+    async def route_pump(upstream: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in upstream:
+            frame = orjson.loads(msg.data)
+            for event in frame["events"] if frame.get("type") == "market" else [frame]:
+                ws = routes.get(event.get("instrument"))
+                if ws is not None:
+                    try:
+                        await ws.send_frame(orjson.dumps(event), WSMsgType.TEXT)
+                    except (ConnectionError, RuntimeError):
+                        pass
 
     async def pump() -> None:
         async with aiohttp.ClientSession() as http:
             upstream = await http.ws_connect(upstream_url, max_msg_size=1 << 26)
+            if route:
+                await route_pump(upstream)
+                return
             async for msg in upstream:
                 data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
                 for ws in list(clients):
@@ -83,9 +114,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", default=None)
     parser.add_argument("--blast", type=int, default=0)
+    parser.add_argument("--route", action="store_true",
+                        help="each event to the one client that named its instrument")
     args = parser.parse_args()
     try:
         import uvloop
-        uvloop.run(main(args.upstream, args.blast))
+        uvloop.run(main(args.upstream, args.blast, args.route))
     except KeyboardInterrupt:
         sys.exit(0)

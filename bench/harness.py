@@ -97,7 +97,7 @@ class SourceControl:
 class Rig:
     """Source + Market worker (+ optionally the fan-out relay), in a temporary data dir."""
 
-    def __init__(self, relay: bool, instruments: int = 0) -> None:
+    def __init__(self, relay: bool, instruments: int = 0, route: bool = False) -> None:
         self.token = secrets.token_hex(16)
         self.data_dir = Path(tempfile.mkdtemp(prefix="tf-bench-md-"))
         self.children: list[Child] = []
@@ -110,7 +110,8 @@ class Rig:
                                       "--token", self.token)
             self.relay = self._child("bench.fanout_relay", "--upstream",
                                      "ws://" + self.source.url.removeprefix("http://")
-                                     + "/feed") if relay else None
+                                     + "/feed", *(["--route"] if route else [])
+                                     ) if relay else None
         except BaseException:
             self.close()
             raise
