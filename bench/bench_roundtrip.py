@@ -11,6 +11,9 @@ Run with `python -m bench.bench_roundtrip [--orders N] [--repeats R] [--json]`.
   relay (client → hop → hop → answerer, each its own process) that does nothing but forward.
 
 Each repeat yields p50/p99/p99.9; the table shows the median of the repeats and the ratio.
+Each repeat also reads the CPU time every process on the path used while it ran (from
+/proc; the client's own from `time.process_time`), per timed order: for the platform that is
+the order and its untimed cancel (two requests), for the relay one message.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from bench.harness import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -63,6 +68,38 @@ async def wait_file(path: Path, timeout: float) -> str:
             return path.read_text().strip()
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{path} did not appear")
+
+
+def fleet_pids(data_dir: Path) -> dict[str, int]:
+    """The Market worker, Broker worker and paper exchange of the fleet in `data_dir`."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if str(data_dir) not in argv:
+            continue
+        if "workers.broker.adapters.paper.server" in argv:
+            found["paper"] = int(entry.name)
+        elif "workers" in argv and "--kind" in argv:
+            kind = argv[argv.index("--kind") + 1]
+            if kind in ("market", "broker"):
+                found[kind] = int(entry.name)
+    return {name: found[name] for name in ("market", "broker", "paper") if name in found}
+
+
+async def with_cpu(pids: dict[str, int], orders: int, measure: Any
+                   ) -> tuple[list[float], dict[str, float]]:
+    """Run `measure()`; return its samples and each process's CPU µs per order meanwhile."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own = time.process_time()
+    samples = await measure()
+    cpu = {name: (cpu_seconds(pid) - before[name]) * 1e6 / orders for name, pid in pids.items()}
+    cpu["client"] = (time.process_time() - own) * 1e6 / orders
+    return samples, cpu
 
 
 class PlatformSession:
@@ -152,18 +189,27 @@ class RelaySession:
         return samples
 
 
-async def run_all(data_dir: Path, first_hop: str, orders: int, repeats: int
-                  ) -> dict[str, list[dict[str, float]]]:
-    results: dict[str, list[dict[str, float]]] = {"platform": [], "relay": []}
+async def run_all(data_dir: Path, relays: list[subprocess.Popen[str]], first_hop: str,
+                  orders: int, repeats: int) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {"platform": [], "relay": [],
+                                                   "platform_cpu": [], "relay_cpu": []}
+    # The client's first hop is the last relay started.
+    relay_pids = {"hop-1": relays[2].pid, "hop-2": relays[1].pid, "answerer": relays[0].pid}
     async with aiohttp.ClientSession() as http:
         platform_session, relay = PlatformSession(data_dir), RelaySession()
         await platform_session.open(http)
         await relay.open(http, first_hop)
+        platform_pids = fleet_pids(data_dir)
         for n in range(repeats):
             warmup = 50 if n == 0 else 0
-            results["relay"].append(percentiles(await relay.measure(orders, warmup)))
-            results["platform"].append(percentiles(await platform_session.measure(orders,
-                                                                                    warmup)))
+            samples, cpu = await with_cpu(relay_pids, orders + warmup,
+                                          lambda w=warmup: relay.measure(orders, w))
+            results["relay"].append(percentiles(samples))
+            results["relay_cpu"].append(cpu)
+            samples, cpu = await with_cpu(platform_pids, orders + warmup,
+                                          lambda w=warmup: platform_session.measure(orders, w))
+            results["platform"].append(percentiles(samples))
+            results["platform_cpu"].append(cpu)
     return results
 
 
@@ -198,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                              start_new_session=True)
     relays, first_hop = start_relays()
     try:
-        results = asyncio.run(run_all(data_dir, first_hop, args.orders, args.repeats))
+        results = asyncio.run(run_all(data_dir, relays, first_hop, args.orders, args.repeats))
     finally:
         fleet.send_signal(signal.SIGINT)
         fleet.wait(timeout=60)
@@ -207,13 +253,16 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=10)
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    summary = {name: {k: statistics.median(r[k] for r in runs) for k in ("p50", "p99", "p999")}
-               for name, runs in results.items()}
+    summary = {name: {k: statistics.median(r[k] for r in results[name])
+                      for k in ("p50", "p99", "p999")} for name in ("platform", "relay")}
+    cpu = {name: {k: statistics.median(r[k] for r in results[f"{name}_cpu"])
+                  for k in results[f"{name}_cpu"][0]} for name in ("platform", "relay")}
     ratio = {k: summary["platform"][k] / summary["relay"][k] for k in ("p50", "p99", "p999")}
     machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
                "machine": platform.machine(), "load": os.getloadavg()[0]}
     if args.json:
-        print(json.dumps({"summary": summary, "ratio": ratio, "runs": results,
+        print(json.dumps({"summary": summary, "ratio": ratio, "cpu_us_per_order": cpu,
+                          "runs": results,
                           "machine": machine, "orders": args.orders}, indent=2))
         return 0
     print(f"order round trip, {args.orders} orders x {args.repeats} repeats "
@@ -223,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         s = summary[name]
         print(f"{name:<12}{s['p50']:>10.0f}{s['p99']:>10.0f}{s['p999']:>10.0f}")
     print(f"{'ratio':<12}{ratio['p50']:>10.2f}{ratio['p99']:>10.2f}{ratio['p999']:>10.2f}")
+    print("CPU µs per timed order (platform: the order and its untimed cancel; relay: one "
+          "message), median of repeats")
+    for name in ("platform", "relay"):
+        print(f"{name:<12}" + "  ".join(f"{k} {v:.0f}" for k, v in cpu[name].items()))
     return 0
 
 

@@ -1,0 +1,69 @@
+"""The benchmark machinery runs: tiny parameters, no performance asserted.
+
+Starts the benchmark's source, a real Market worker process and the bare relay, connects two
+raw clients to each, pushes a few hundred trades and checks they are counted (and timed) at the
+clients. It guards the benchmark code against rot; the figures live in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.bench_fanout import Target
+from bench.bench_sessions import measure
+from bench.harness import REPO, ClientGroup, Rig
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_the_fanout_and_latency_rigs_deliver_and_count() -> None:
+    rig = Rig(relay=True)
+    try:
+        for name in ("platform", "relay"):
+            target = Target(name, rig, connections=2, procs=1)
+            try:
+                step = target.step(200, 0.5, warmup=0.3)
+            finally:
+                target.drop()
+            assert step["delivered_per_s"] > 0 and step["closed"] == 0, step
+        group = ClientGroup(rig.session_url, rig.tokens(2), 1, hello=True, mode="latency")
+        try:
+            rig.control.rate(200, "market")
+            time.sleep(0.5)
+            rig.control.rate(0, "market")
+            time.sleep(0.2)
+            samples, _untimed = group.latencies()
+        finally:
+            group.stop()
+        assert samples and all(0 <= s < 10_000_000 for s in samples)
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "own"])
+def test_the_sessions_benchmark_measures_the_market_and_its_bare_relay(own: bool) -> None:
+    rig = Rig(relay=True, instruments=2 if own else 0, route=own)
+    try:
+        for target in ("platform", "relay"):
+            result = measure(rig, 2, 1, 50, 0.4, own, target)
+            assert result["samples"] > 0 and result["closed"] == 0, (target, result)
+            assert 0 < result["p50"] <= result["p99"] < 10_000_000, (target, result)
+    finally:
+        rig.close()
+
+
+@pytest.mark.timeout(180)
+def test_the_round_trip_benchmark_runs_and_accounts_each_process_cpu() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_roundtrip", "--orders", "5",
+                           "--repeats", "1", "--json"], cwd=REPO, capture_output=True,
+                          text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["summary"]["platform"]["p50"] > 0 and report["summary"]["relay"]["p50"] > 0
+    assert set(report["cpu_us_per_order"]["platform"]) == {"market", "broker", "paper", "client"}
+    assert set(report["cpu_us_per_order"]["relay"]) == {"hop-1", "hop-2", "answerer", "client"}
