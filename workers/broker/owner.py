@@ -77,6 +77,8 @@ from protocol.orders import (
     OpenOrders,
     OrderCancelled,
     OrderEvent,
+    OrderFilled,
+    OrderPartiallyFilled,
     PositionsSnapshot,
 )
 from protocol.session import Error, ProtocolError, parse_client_message
@@ -385,10 +387,9 @@ class AccountOwner:
         except Exception:  # noqa: BLE001 - the event log must never stop trading
             self._log.exception("notable_event_dropped", event=event)
 
-    def _note_fill(self, event: OrderEvent, customer: str | None) -> None:
-        fill = getattr(event, "fill", None)
-        if fill is None:
-            return
+    def _note_fill(self, event: OrderFilled | OrderPartiallyFilled, customer: str | None
+                   ) -> None:
+        fill = event.fill
         self.recent_fills.appendleft({
             "ts": fill.ts, "fill_id": fill.fill_id, "client_order_id": fill.client_order_id,
             "instrument": fill.instrument, "side": fill.side.value, "qty": str(fill.qty),
@@ -599,7 +600,8 @@ class AccountOwner:
                                          self.book.session_of(item.client_order_id), item=item)
                     journaled = (item, entry)
                     for_risk.append(item)
-                    self._note_fill(item, self.book.customer_of(item.client_order_id))
+                    if isinstance(item, OrderPartiallyFilled | OrderFilled):
+                        self._note_fill(item, self.book.customer_of(item.client_order_id))
             elif isinstance(effect, Emit):
                 if journaled is not None and journaled[0] is effect.event:
                     event, entry = journaled
