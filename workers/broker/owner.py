@@ -604,7 +604,7 @@ class AccountOwner:
                         self._note_fill(item, self.book.customer_of(item.client_order_id))
             elif isinstance(effect, Emit):
                 if journaled is not None and journaled[0] is effect.event:
-                    event, entry = journaled
+                    entry = journaled[1]
                     if entry.session_id is not None:
                         # The journaled payload is the event's wire form without its seq: the
                         # session gets it with the seq the journal gave (not encoded twice).
