@@ -1,6 +1,6 @@
 """Benchmark: order round trip algo → Market → Broker → paper exchange → ack.
 
-Run with `python -m bench.bench_roundtrip [--orders N] [--repeats R] [--json]`.
+Run with `python -m bench.bench_roundtrip [--orders N] [--repeats R] [--chunk C] [--json]`.
 
 * **platform**: `tradefleet up --port-base 0` in a temporary data dir (one Broker, one Market,
   no hosted traders); a raw WebSocket client opens a session through the MarketManager and sends
@@ -10,8 +10,10 @@ Run with `python -m bench.bench_roundtrip [--orders N] [--repeats R] [--json]`.
 * **bare relay** baseline, in the same run: the same frames through a bare two-hop WebSocket
   relay (client → hop → hop → answerer, each its own process) that does nothing but forward.
 
-Each repeat yields p50/p99/p99.9; the table shows the median of the repeats and the ratio.
-Each repeat also reads the CPU time every process on the path used while it ran (from
+In each repeat the two paths take turns, `--chunk` orders at a time (100), until each has
+timed `--orders`: both then meet the same machine, whose speed drifts on a shared VM by more
+than the effects measured. Each repeat yields p50/p99/p99.9; the table shows the median of the
+repeats and the ratio. Each repeat also reads the CPU time every process on the path used while it ran (from
 /proc; the client's own from `time.process_time`), per timed order: for the platform that is
 the order and its untimed cancel (two requests), for the relay one message.
 """
@@ -91,15 +93,29 @@ def fleet_pids(data_dir: Path) -> dict[str, int]:
     return {name: found[name] for name in ("market", "broker", "paper") if name in found}
 
 
-async def with_cpu(pids: dict[str, int], orders: int, measure: Any
-                   ) -> tuple[list[float], dict[str, float]]:
-    """Run `measure()`; return its samples and each process's CPU µs per order meanwhile."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    own = time.process_time()
-    samples = await measure()
-    cpu = {name: (cpu_seconds(pid) - before[name]) * 1e6 / orders for name, pid in pids.items()}
-    cpu["client"] = (time.process_time() - own) * 1e6 / orders
-    return samples, cpu
+class Side:
+    """One of the two paths under test, measured chunk by chunk: its latency samples and the
+    CPU time its processes (and this client) used, summed over the chunks of a repeat."""
+
+    def __init__(self, pids: dict[str, int], measure: Any) -> None:
+        self.pids = pids
+        self.measure = measure
+        self.reset()
+
+    def reset(self) -> None:
+        self.samples: list[float] = []
+        self.cpu_us = dict.fromkeys([*self.pids, "client"], 0.0)
+
+    async def run(self, orders: int) -> None:
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        own = time.process_time()
+        self.samples += await self.measure(orders, 0)
+        self.cpu_us["client"] += (time.process_time() - own) * 1e6
+        for name, pid in self.pids.items():
+            self.cpu_us[name] += (cpu_seconds(pid) - before[name]) * 1e6
+
+    def per_order(self) -> dict[str, float]:
+        return {name: total / max(1, len(self.samples)) for name, total in self.cpu_us.items()}
 
 
 class PlatformSession:
@@ -190,7 +206,7 @@ class RelaySession:
 
 
 async def run_all(data_dir: Path, relays: list[subprocess.Popen[str]], first_hop: str,
-                  orders: int, repeats: int) -> dict[str, list[dict[str, float]]]:
+                  orders: int, repeats: int, chunk: int) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {"platform": [], "relay": [],
                                                    "platform_cpu": [], "relay_cpu": []}
     # The client's first hop is the last relay started.
@@ -199,17 +215,22 @@ async def run_all(data_dir: Path, relays: list[subprocess.Popen[str]], first_hop
         platform_session, relay = PlatformSession(data_dir), RelaySession()
         await platform_session.open(http)
         await relay.open(http, first_hop)
-        platform_pids = fleet_pids(data_dir)
-        for n in range(repeats):
-            warmup = 50 if n == 0 else 0
-            samples, cpu = await with_cpu(relay_pids, orders + warmup,
-                                          lambda w=warmup: relay.measure(orders, w))
-            results["relay"].append(percentiles(samples))
-            results["relay_cpu"].append(cpu)
-            samples, cpu = await with_cpu(platform_pids, orders + warmup,
-                                          lambda w=warmup: platform_session.measure(orders, w))
-            results["platform"].append(percentiles(samples))
-            results["platform_cpu"].append(cpu)
+        sides = {"relay": Side(relay_pids, relay.measure),
+                 "platform": Side(fleet_pids(data_dir), platform_session.measure)}
+        await relay.measure(0, 50)  # warm-up, not counted
+        await platform_session.measure(0, 50)
+        for _ in range(repeats):
+            for side in sides.values():
+                side.reset()
+            # The two paths take turns in chunks, so that both meet the same machine: on a
+            # shared VM its speed drifts by more than the effects being measured.
+            for turn, start in enumerate(range(0, orders, chunk)):
+                order = ("relay", "platform") if turn % 2 == 0 else ("platform", "relay")
+                for name in order:
+                    await sides[name].run(min(chunk, orders - start))
+            for name, side in sides.items():
+                results[name].append(percentiles(side.samples))
+                results[f"{name}_cpu"].append(side.per_order())
     return results
 
 
@@ -230,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_roundtrip")
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=100,
+                        help="orders each path runs before the other takes its turn")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -244,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                              start_new_session=True)
     relays, first_hop = start_relays()
     try:
-        results = asyncio.run(run_all(data_dir, relays, first_hop, args.orders, args.repeats))
+        results = asyncio.run(run_all(data_dir, relays, first_hop, args.orders, args.repeats,
+                                      max(1, args.chunk)))
     finally:
         fleet.send_signal(signal.SIGINT)
         fleet.wait(timeout=60)
