@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import cpu_seconds
+from bench.harness import cpu_seconds, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -52,15 +52,6 @@ desired = 0
 flood_rate_per_s = 100000.0
 flood_burst = 100000.0
 """
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-
-    def q(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-    return {"p50": q(0.50), "p99": q(0.99), "p999": q(0.999)}
 
 
 async def wait_file(path: Path, timeout: float) -> str:
