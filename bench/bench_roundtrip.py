@@ -84,6 +84,36 @@ def fleet_pids(data_dir: Path) -> dict[str, int]:
     return {name: found[name] for name in ("market", "broker", "paper") if name in found}
 
 
+def order_frame(account: str, cid: str) -> str:
+    """The `new_order` both paths send: built per order, the same way on both."""
+    return json.dumps({"type": "new_order", "client_order_id": cid, "account": account,
+                       "instrument": "BTC/USD", "side": "buy", "order_type": "limit",
+                       "qty": "0.01", "price": "1000.0", "time_in_force": "GTC"})
+
+
+async def until(ws: aiohttp.ClientWebSocketResponse, predicate: Any) -> dict[str, Any]:
+    """Decode frames from `ws` until an event matches `predicate`; both paths' answers go
+    through it, so the client does the same work per answer on both."""
+    deadline = time.monotonic() + 30
+    while True:
+        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            raise RuntimeError(f"the session closed: {msg.type} {msg.data} {msg.extra}")
+        data = json.loads(msg.data)
+        for event in data["events"] if data["type"] == "batch" else [data]:
+            if predicate(event):
+                return event  # type: ignore[no-any-return]
+            if event.get("type") == "error":
+                raise RuntimeError(f"refused: {event}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no answer within 30 s; last frame {data}")
+
+
+def acked(cid: str) -> Any:
+    return lambda e: e.get("client_order_id") == cid and e["type"] in (
+        "order_accepted", "order_rejected")
+
+
 class Side:
     """One of the two paths under test, measured chunk by chunk: its latency samples and the
     CPU time its processes (and this client) used, summed over the chunks of a repeat."""
@@ -135,34 +165,15 @@ class PlatformSession:
         self.account = grant["account"]
         self.count = 0
 
-    async def until(self, predicate: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + 30
-        while True:
-            msg = await self.ws.receive(timeout=max(0.1, deadline - time.monotonic()))
-            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                raise RuntimeError(f"the session closed: {msg.type} {msg.data} {msg.extra}")
-            data = json.loads(msg.data)
-            for event in data["events"] if data["type"] == "batch" else [data]:
-                if predicate(event):
-                    return event  # type: ignore[no-any-return]
-                if event.get("type") == "error":
-                    raise RuntimeError(f"refused: {event}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no answer within 30 s; last frame {data}")
-
     async def measure(self, orders: int, warmup: int) -> list[float]:
         samples: list[float] = []
         for i in range(orders + warmup):
             self.count += 1
             cid = f"b{os.getpid()}-{self.count}"
-            frame = json.dumps({"type": "new_order", "client_order_id": cid,
-                                "account": self.account, "instrument": "BTC/USD",
-                                "side": "buy", "order_type": "limit", "qty": "0.01",
-                                "price": "1000.0", "time_in_force": "GTC"})
+            frame = order_frame(self.account, cid)
             start = time.perf_counter_ns()
             await self.ws.send_str(frame)
-            event = await self.until(lambda e, c=cid: e.get("client_order_id") == c and e[
-                "type"] in ("order_accepted", "order_rejected"))
+            event = await until(self.ws, acked(cid))
             elapsed = (time.perf_counter_ns() - start) / 1000
             if event["type"] != "order_accepted":
                 raise RuntimeError(f"order refused: {event}")
@@ -170,17 +181,15 @@ class PlatformSession:
                 samples.append(elapsed)
             await self.ws.send_json({"type": "cancel_order", "client_order_id": cid,
                                      "account": self.account})
-            await self.until(lambda e, c=cid: e.get("client_order_id") == c
-                             and e["type"] == "order_cancelled")
+            await until(self.ws, lambda e, c=cid: e.get("client_order_id") == c
+                        and e["type"] == "order_cancelled")
         return samples
 
 
 class RelaySession:
-    """One client connection through the bare relay chain, kept open across repeats."""
-
-    FRAME = json.dumps({"type": "new_order", "client_order_id": "c", "account": "bench-1",
-                        "instrument": "BTC/USD", "side": "buy", "order_type": "limit",
-                        "qty": "0.01", "price": "1000.0", "time_in_force": "GTC"})
+    """One client connection through the bare relay chain, kept open across repeats. The
+    client builds each order's frame and decodes the answer exactly as on the platform (the
+    answerer's canned ack names client_order_id "c")."""
 
     async def open(self, http: aiohttp.ClientSession, first_hop: str) -> None:
         self.ws = await http.ws_connect(first_hop)
@@ -188,9 +197,10 @@ class RelaySession:
     async def measure(self, orders: int, warmup: int) -> list[float]:
         samples: list[float] = []
         for i in range(orders + warmup):
+            frame = order_frame("bench-1", "c")
             start = time.perf_counter_ns()
-            await self.ws.send_str(self.FRAME)
-            await self.ws.receive(timeout=30)
+            await self.ws.send_str(frame)
+            await until(self.ws, acked("c"))
             if i >= warmup:
                 samples.append((time.perf_counter_ns() - start) / 1000)
         return samples
