@@ -235,6 +235,24 @@ async def run_all(data_dir: Path, relays: list[subprocess.Popen[str]], first_hop
     return results
 
 
+def start_fleet(repo: Path) -> tuple[Path, subprocess.Popen[bytes]]:
+    """`tradefleet up` from the checkout at `repo` in a fresh data dir (see CONFIG)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tf-bench-"))
+    (data_dir / "fleet.toml").write_text(CONFIG)
+    fleet = subprocess.Popen([sys.executable, "-m", "tradefleet.cli", "up", "--port-base", "0",
+                              "--data-dir", str(data_dir), "--config",
+                              str(data_dir / "fleet.toml")], cwd=repo,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    return data_dir, fleet
+
+
+def stop_fleet(data_dir: Path, fleet: subprocess.Popen[bytes]) -> None:
+    fleet.send_signal(signal.SIGINT)
+    fleet.wait(timeout=60)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def start_relays() -> tuple[list[subprocess.Popen[str]], str]:
     procs: list[subprocess.Popen[str]] = []
     url = None
@@ -259,24 +277,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # A SIGTERM (e.g. from `timeout`) must still stop the fleet and relays in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    data_dir = Path(tempfile.mkdtemp(prefix="tf-bench-"))
-    (data_dir / "fleet.toml").write_text(CONFIG)
-    fleet = subprocess.Popen([sys.executable, "-m", "tradefleet.cli", "up", "--port-base", "0",
-                              "--data-dir", str(data_dir), "--config",
-                              str(data_dir / "fleet.toml")], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    data_dir, fleet = start_fleet(REPO)
     relays, first_hop = start_relays()
     try:
         results = asyncio.run(run_all(data_dir, relays, first_hop, args.orders, args.repeats,
                                       max(1, args.chunk)))
     finally:
-        fleet.send_signal(signal.SIGINT)
-        fleet.wait(timeout=60)
+        stop_fleet(data_dir, fleet)
         for proc in relays:
             proc.terminate()
             proc.wait(timeout=10)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
     summary = {name: {k: statistics.median(r[k] for r in results[name])
                       for k in ("p50", "p99", "p999")} for name in ("platform", "relay")}

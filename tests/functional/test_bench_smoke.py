@@ -67,3 +67,19 @@ def test_the_round_trip_benchmark_runs_and_accounts_each_process_cpu() -> None:
     assert report["summary"]["platform"]["p50"] > 0 and report["summary"]["relay"]["p50"] > 0
     assert set(report["cpu_us_per_order"]["platform"]) == {"market", "broker", "paper", "client"}
     assert set(report["cpu_us_per_order"]["relay"]) == {"hop-1", "hop-2", "answerer", "client"}
+
+
+@pytest.mark.timeout(240)
+def test_the_round_trip_comparison_runs_two_fleets_and_reports_this_over_base() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.compare_roundtrip", "--base-dir",
+                           str(REPO), "--rounds", "2", "--chunk", "3", "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    for side in ("base", "this"):
+        assert report["results"][side]["latency_us"]["p50"] > 0
+        assert set(report["results"][side]["cpu_us_per_order"]) == {
+            "market", "broker", "paper", "client"}
+        assert report["results"][side]["cpu_us_per_order"]["broker"] > 0
+    assert set(report["this_over_base"]) == {"p50", "p99", "p999", "fleet_cpu"}
+    assert report["this_over_base"]["fleet_cpu"] > 0
