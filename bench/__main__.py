@@ -1,6 +1,7 @@
 """`python -m bench [--json]` (what `make bench` runs): every benchmark, one after the other,
 with its default settings. Each one is also runnable alone: `python -m bench.bench_book`,
-`bench.bench_roundtrip`, `bench.bench_fanout`, `bench.bench_sessions` (see their `--help`)."""
+`bench.bench_roundtrip`, `bench.bench_fanout`, `bench.bench_sessions` (see their `--help`).
+`bench.compare_roundtrip` is not one of them: it compares two versions of the code."""
 
 from __future__ import annotations
 
