@@ -106,3 +106,28 @@ def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(tmp_path: Pa
     finally:
         j.close()
     assert not j._checkpointer.is_alive()
+
+
+def test_the_wal_is_cut_back_even_while_appends_never_pause(tmp_path: Path) -> None:
+    """A passive checkpoint never finds the WAL fully copied when appends follow each other
+    without a pause, so the WAL was never rewound and only grew; past its limit the
+    checkpointer now restarts it, and the next append cuts the file back."""
+    path = tmp_path / "acct.sqlite"
+    j = Journal(path, "b-1", epoch=1, checkpoint_every_s=0.01, wal_limit=256 * 1024)
+    wal = path.with_name(path.name + "-wal")
+    try:
+        big = {"blob": "x" * 1000}
+        appended, size, largest = 0, 0, 0
+        deadline = time.monotonic() + 30
+        while appended < 20_000 and time.monotonic() < deadline:  # ~60 MB of WAL at most
+            j.append("event", big, "s1")
+            appended += 1
+            size = wal.stat().st_size
+            if size < largest:
+                break
+            largest = size
+        assert size < largest, f"the WAL only grew: {size} bytes after {appended} appends"
+        seqs = [e.session_seq for e in j.session_entries("s1")]
+        assert seqs == list(range(1, appended + 1))
+    finally:
+        j.close()
