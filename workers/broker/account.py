@@ -128,8 +128,9 @@ def tracker_input(entry: JournaledEntry) -> ClientRequest | OrderEvent | VenueRe
     if entry.kind == REQUEST:
         msg = entry.payload["msg"]
         return _REQUESTS[msg["type"]].model_validate(msg)
-    if entry.kind == EVENT:
-        return event_from_entry(entry).model_copy(update={"seq": None})
+    if entry.kind == EVENT:  # the payload has no seq (`event_payload`): validated once, as is
+        event: OrderEvent = ORDER_EVENT.validate_python(entry.payload)
+        return event if event.seq is None else event.model_copy(update={"seq": None})
     if entry.kind == REFUSED:
         p = entry.payload
         return VenueRefused(p["client_order_id"], p["action"], ErrorCode(p["code"]), p["message"])
@@ -158,21 +159,26 @@ class AccountBook:
 
     # ------------------------------------------------------------ recovery
 
-    def rebuild(self, entries: Iterable[JournaledEntry]) -> int:
+    def rebuild(self, entries: Iterable[JournaledEntry], parsed: list[Any] | None = None
+                ) -> int:
         """Replay journal entries, oldest first, into a fresh book. Returns how many were read.
         An entry the tracker refuses (which a consistent journal never holds) is recorded in
-        `rebuild_errors` and skipped."""
+        `rebuild_errors` and skipped. Each payload is parsed once; `parsed`, when given,
+        receives every entry's `tracker_input` in order, so that a later replay of the same
+        entries need not parse them again."""
         count = 0
         for entry in entries:
             count += 1
             message = tracker_input(entry)
+            if parsed is not None:
+                parsed.append(message)
             if message is not None:
                 try:
                     self.tracker.receive(message)
                 except OrderStateError as exc:
                     self.rebuild_errors.append(f"{entry.kind} {exc.client_order_id}: {exc}")
                     continue
-            self.observe(entry)
+            self.observe(entry, message)
         return count
 
     # ------------------------------------------------------------ bookkeeping

@@ -271,7 +271,8 @@ class AccountOwner:
             raise OwnerError(f"cannot open the journal of {self.account}: {exc}") from exc
         try:
             journaled = list(self._journal.entries())
-            read = self.book.rebuild(journaled)
+            parsed: list[Any] = []  # each entry's tracker input, for the risk replay below
+            read = self.book.rebuild(journaled, parsed)
             for entry in journaled:
                 self._note_customer(entry)
             for problem in self.book.rebuild_errors:
@@ -283,8 +284,8 @@ class AccountOwner:
             await self._connect()
             self.instruments = await self._adapter.instruments()
             self._specs = {spec.instrument: spec for spec in self.instruments}
-            self.risk = self._rebuild_risk(journaled)
-            del journaled
+            self.risk = self._rebuild_risk(journaled, parsed)
+            del journaled, parsed
             await self._reconcile()
             await self._run_risk(self.risk.resume(self._clock()), None)
             await self._watch_held()
@@ -867,16 +868,16 @@ class AccountOwner:
             raise OwnerStopped(self.error or "the owner has stopped")
         return self.risk
 
-    def _rebuild_risk(self, journaled: list[Entry]) -> risk.PositionManager:
+    def _rebuild_risk(self, journaled: list[Entry], parsed: list[Any]) -> risk.PositionManager:
         """A fresh position manager with the journal's risk records, order events and
-        venue refusals replayed into it, in journal order."""
+        venue refusals replayed into it, in journal order. `parsed` holds each entry's
+        tracker input, as the book's rebuild read it."""
         manager = risk.PositionManager(self.account, self._limits, self._specs)
-        for entry in journaled:
+        for entry, item in zip(journaled, parsed, strict=True):
             try:
                 if entry.kind == RISK:
                     manager.replay(RISK_RECORD.validate_python(entry.payload["record"]))
                 elif entry.kind in (entries.EVENT, entries.REFUSED):
-                    item = entries.tracker_input(entry)
                     if isinstance(item, VenueRefused) and item.action == "place":
                         continue  # the tracker journals the rejection that follows
                     if item is not None and not isinstance(item, NewOrder | CancelOrder
