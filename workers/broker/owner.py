@@ -288,7 +288,11 @@ class AccountOwner:
             del journaled, parsed
             await self._reconcile()
             await self._run_risk(self.risk.resume(self._clock()), None)
-            await self._watch_held()
+            # Subscribed, not waited for: the venue's events are read from the end of open()
+            # on, so a first price could never arrive in time (each held instrument cost every
+            # takeover FIRST_PRICE_WAIT_S). Exits and limits get their prices as soon as the
+            # account is open.
+            await self._watch_held(wait=False)
             await self._update_equity()
         except Exception as exc:  # any failure refuses the assignment, saying why
             self.error = self.error or str(exc) or type(exc).__name__
@@ -998,9 +1002,10 @@ class AccountOwner:
         except Exception:  # noqa: BLE001 - a bad price must not stop the event stream
             self._log.exception("risk_market_update_failed", instrument=event.instrument)
 
-    async def _watch(self, instrument: str) -> None:
+    async def _watch(self, instrument: str, *, wait: bool = True) -> None:
         """Make sure the position manager gets this instrument's prices; the first time,
-        wait (briefly) for a first price, which signals and limits are valued at."""
+        wait (briefly, unless `wait` is false) for a first price, which signals and limits
+        are valued at."""
         if instrument not in self._specs or instrument in self._watched:
             return  # only the first request on an instrument waits (a quiet venue is slow once)
         arrived = self._watched[instrument] = asyncio.Event()
@@ -1010,10 +1015,11 @@ class AccountOwner:
             except AdapterError as exc:
                 self._log.warning("risk_subscribe_failed", instrument=instrument,
                                   channel=channel.value, error=str(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(arrived.wait(), FIRST_PRICE_WAIT_S)
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), FIRST_PRICE_WAIT_S)
 
-    async def _watch_held(self) -> None:
+    async def _watch_held(self, *, wait: bool = True) -> None:
         """Watch every instrument the manager holds a position, an order or an exit in."""
         if self.risk is None:
             return
@@ -1021,7 +1027,7 @@ class AccountOwner:
         held |= {o.instrument for o in self.risk.orders.working()}
         held |= {plan.instrument for plan in self.risk.exits.active()}
         for instrument in sorted(held):
-            await self._watch(instrument)
+            await self._watch(instrument, wait=wait)
 
     async def _update_equity(self) -> None:
         if self.risk is None or self._adapter is None:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from protocol.errors import ErrorCode
-from protocol.market import BookSnapshot, Channel, MarketEvent
+from protocol.market import BookSnapshot, Channel, MarketEvent, Ticker
 from protocol.orders import NewOrder
 from workers.broker.adapters.base import (
     ConnectionChanged,
@@ -27,6 +27,7 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
+from workers.broker import owner as owner_module
 from workers.broker.owner import AccountOwner, OwnerError, OwnerState
 from workers.broker.risk import manager as risk
 from workers.broker.risk.limits import RiskLimits
@@ -382,6 +383,22 @@ async def test_a_new_owner_rebuilds_continues_the_seq_and_fences_the_old(
     assert first.state is OwnerState.FENCED and first_out.stops
     assert venue.engine.order("acct", "zombie") is None
     assert "zombie" not in owners.adapters[0].placed
+
+
+async def test_a_new_owner_watches_held_instruments_without_waiting_while_it_opens(
+        owners: Owners, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The venue's events are read only once the owner is open, so waiting for a first price
+    while opening could only time out: it cost every takeover FIRST_PRICE_WAIT_S for each
+    instrument with an order, a position or an exit."""
+    first, first_out = await owners.open(1)
+    await first.route("s1", "cust", new_order("c1"))
+    await first_out.wait_for(lambda: len(first_out.order_events()) == 1)
+
+    monkeypatch.setattr(owner_module, "FIRST_PRICE_WAIT_S", 600.0)
+    second, second_out = await asyncio.wait_for(owners.open(2), WAIT_S)
+    assert second.state is OwnerState.READY
+    await second_out.wait_for(lambda: any(  # watched all the same: its prices come in
+        isinstance(e, Ticker) and e.instrument == "BTC/USD" for e in second_out.market_events))
 
 
 async def test_an_older_epoch_cannot_take_the_account(owners: Owners) -> None:
