@@ -345,9 +345,14 @@ class Supervisor:
         return [ClosePipe(rec.id), Kill(rec.id, reason)]
 
     def _note_failure(self, now: float) -> None:
+        """The first failure of a streak is replaced at once (a Broker's accounts are out of
+        reach until then); from the second in a row, the crash-loop backoff applies."""
         self.failure_streak += 1
+        if self.failure_streak == 1:
+            self.next_spawn_at = now
+            return
         delay = min(self.t.restart_backoff_max_s,
-                    self.t.restart_backoff_initial_s * 2 ** (self.failure_streak - 1))
+                    self.t.restart_backoff_initial_s * 2 ** (self.failure_streak - 2))
         self.next_spawn_at = now + delay
 
     def _maybe_reset_streak(self, now: float) -> None:

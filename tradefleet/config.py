@@ -68,7 +68,8 @@ class Timeouts(Section):
     drain_timeout_s: float = Field(
         30.0, gt=0, description="A draining worker exits after this long even with work left.")
     restart_backoff_initial_s: float = Field(
-        1.0, ge=0, description="First delay before replacing a worker after consecutive failures.")
+        1.0, ge=0, description="Delay before replacing a worker that failed twice in a row (the "
+                               "first failure is replaced at once); doubles with each further one.")
     restart_backoff_max_s: float = Field(
         60.0, gt=0, description="Cap of the crash-loop backoff between replacements.")
 

@@ -76,14 +76,25 @@ def test_worker_that_never_checks_in_is_failed_and_replaced() -> None:
     assert any(e["event"] == "replaced" and e["old_worker_id"] == "w1" for e in f.sup.events)
 
 
-def test_process_exit_fails_at_once_and_replacement_has_higher_epoch() -> None:
+def test_process_exit_fails_at_once_and_is_replaced_at_once_with_a_higher_epoch() -> None:
     f = Fleet(desired=1)
     f.step()
     f.bring_up("w1")
     f.sup.process_exited("w1", -9, f.now)
     assert f.states()["w1"] is WorkerState.FAILED
-    f.step(T.restart_backoff_initial_s + 0.1)
+    assert any(isinstance(a, Spawn) for a in f.step())  # no backoff for a first failure
     assert f.sup.records["w2"].epoch > f.sup.records["w1"].epoch
+
+
+def test_a_second_failure_in_a_row_waits_for_the_backoff() -> None:
+    f = Fleet(desired=1)
+    f.step()
+    f.bring_up("w1")
+    f.sup.process_exited("w1", -9, f.now)
+    f.step()
+    f.sup.process_exited("w2", -9, f.now)  # the replacement dies before it is stable
+    assert not any(isinstance(a, Spawn) for a in f.step(T.restart_backoff_initial_s - 0.1))
+    assert any(isinstance(a, Spawn) for a in f.step(0.2))
 
 
 def test_lost_pipe_is_suspect_then_failed_after_grace() -> None:
