@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,9 +32,51 @@ BROKER_MANAGER_URL_FILE = Path("run") / "broker-manager.url"
 LINK_MAX_FRAME = 64 << 20
 
 
+OPENING_RETRY_S = 0.1
+"""How soon to ask again when a Broker answered but does not serve the account yet."""
+OPENING_RETRY_FOR_S = 30.0
+"""How long such quick retries go on before the ordinary backoff takes over."""
+
+
 class LinkUnavailable(Exception):
     """The Broker cannot be reached right now (unknown owner, refused, handshake failed).
-    Retry after a backoff; nothing for the caller to fix."""
+    Retry after a backoff; nothing for the caller to fix. `opening`: a Broker answered, but
+    refused the link for now (503: still opening or reconciling the account, draining,
+    fenced) — the account is on its way to an owner, worth asking again soon."""
+
+    def __init__(self, reason: str, *, opening: bool = False) -> None:
+        super().__init__(reason)
+        self.opening = opening
+
+
+@dataclass
+class LinkRetry:
+    """The delay before the next link attempt (pure).
+
+    Ordinary failures back off with jitter (`policy`). A replacement Broker refuses links
+    until it has rebuilt and reconciled its account, which takes from a fraction of a second
+    to seconds; backing off meanwhile left the algos waiting up to the backoff's cap (2 s)
+    after the account was ready. So while Brokers answer "not yet", the link asks again every
+    `OPENING_RETRY_S`, for at most `OPENING_RETRY_FOR_S`, then backs off as usual."""
+
+    policy: ReconnectPolicy
+    opening_retry_s: float = OPENING_RETRY_S
+    opening_for_s: float = OPENING_RETRY_FOR_S
+    _opening_since: float | None = None
+
+    def connected(self) -> None:
+        self.policy.reset()
+        self._opening_since = None
+
+    def delay(self, now: float, *, opening: bool) -> float:
+        if not opening:
+            self._opening_since = None
+            return self.policy.next_delay()
+        if self._opening_since is None:
+            self._opening_since = now
+        if now - self._opening_since < self.opening_for_s:
+            return self.opening_retry_s
+        return self.policy.next_delay()
 
 
 class LinkHandler(Protocol):
@@ -105,8 +149,8 @@ class BrokerLink:
         self._directory = directory
         self._handler = handler
         self._settings = settings
-        self._policy = policy or ReconnectPolicy(settings.link_backoff_initial_s,
-                                                 settings.link_backoff_max_s)
+        self._retry = LinkRetry(policy or ReconnectPolicy(settings.link_backoff_initial_s,
+                                                          settings.link_backoff_max_s))
         self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._writing = False  # a task is mid-write on the link: the others queue behind it
@@ -154,15 +198,17 @@ class BrokerLink:
     async def _run(self) -> None:
         log.info("broker link starting", account=self.account)
         while True:
+            opening = False
             try:
                 await self._connect_once()
             except asyncio.CancelledError:
                 raise
             except LinkUnavailable as exc:
+                opening = exc.opening
                 log.info("broker link unavailable", account=self.account, reason=str(exc))
             except Exception as exc:  # noqa: BLE001 - any failure: the retry loop is the recovery
                 log.warning("broker link failed", account=self.account, error=repr(exc))
-            await asyncio.sleep(self._policy.next_delay())
+            await asyncio.sleep(self._retry.delay(time.monotonic(), opening=opening))
 
     async def _connect_once(self) -> None:
         url = await self._directory.broker_url(self.account)
@@ -172,12 +218,15 @@ class BrokerLink:
             ws = await self._http.ws_connect(
                 link_ws_url(url), headers={"Authorization": f"Bearer {self._token}"},
                 max_msg_size=LINK_MAX_FRAME, heartbeat=10.0)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise LinkUnavailable(f"{link_ws_url(url)} refused the link: {exc.status} "
+                                  f"{exc.message}", opening=exc.status == 503) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise LinkUnavailable(f"cannot open {link_ws_url(url)}: {exc!r}") from exc
         try:
             await ws.send_bytes(encode(LinkHello(market_id=self._market_id)))
             welcome = await self._welcome(ws, timeout)
-            self._policy.reset()
+            self._retry.connected()
             self._ws = ws
             self._queue.clear()
             self.ready.set()
