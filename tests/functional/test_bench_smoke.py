@@ -83,3 +83,13 @@ def test_the_round_trip_comparison_runs_two_fleets_and_reports_this_over_base() 
         assert report["results"][side]["cpu_us_per_order"]["broker"] > 0
     assert set(report["this_over_base"]) == {"p50", "p99", "p999", "fleet_cpu"}
     assert report["this_over_base"]["fleet_cpu"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_the_failover_benchmark_kills_the_broker_and_times_the_way_back() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_failover", "--orders", "3",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(proc.stdout)["summary"]
+    assert row["orders"] == 3 and row["journal_mb"] > 0
+    assert 0 < row["seconds"] < 120 and row["over_baseline"] == 1.0
