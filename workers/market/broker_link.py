@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,7 +62,7 @@ class LinkRetry:
     policy: ReconnectPolicy
     opening_retry_s: float = OPENING_RETRY_S
     opening_for_s: float = OPENING_RETRY_FOR_S
-    _opening_since: float | None = None
+    _opening_since: float | None = field(default=None, init=False)
 
     def connected(self) -> None:
         self.policy.reset()
