@@ -43,8 +43,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -170,6 +171,21 @@ class Outbox(Protocol):
         """The owner stopped acting for the account (fenced or failed): drop every link."""
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the garbage collector for a rebuild: it builds a great many long-lived objects
+    and frees few, so the collector's passes meanwhile only walk the growing books again and
+    again (over a third of the time of a 100,000-entry rebuild). Refcounting still frees what
+    is dropped; the collector is on again afterwards, whatever happened."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def session_frame(session_id: str, event: bytes) -> bytes:
     """An encoded `session_event` around an already-encoded server event."""
     return (b'{"type":"session_event","session_id":' + orjson.dumps(session_id)
@@ -270,11 +286,12 @@ class AccountOwner:
             self.state = OwnerState.FAILED
             raise OwnerError(f"cannot open the journal of {self.account}: {exc}") from exc
         try:
-            journaled = list(self._journal.entries())
-            parsed: list[Any] = []  # each entry's tracker input, for the risk replay below
-            read = self.book.rebuild(journaled, parsed)
-            for entry in journaled:
-                self._note_customer(entry)
+            with collector_paused():
+                journaled = list(self._journal.entries())
+                parsed: list[Any] = []  # each entry's tracker input, for the risk replay below
+                read = self.book.rebuild(journaled, parsed)
+                for entry in journaled:
+                    self._note_customer(entry)
             for problem in self.book.rebuild_errors:
                 self._log.error("journal_entry_refused_on_rebuild", problem=problem)
             self._append(entries.OWNER, {"worker_id": self.worker_id, "epoch": self.epoch})
@@ -284,7 +301,8 @@ class AccountOwner:
             await self._connect()
             self.instruments = await self._adapter.instruments()
             self._specs = {spec.instrument: spec for spec in self.instruments}
-            self.risk = self._rebuild_risk(journaled, parsed)
+            with collector_paused():
+                self.risk = self._rebuild_risk(journaled, parsed)
             del journaled, parsed
             await self._reconcile()
             await self._run_risk(self.risk.resume(self._clock()), None)

@@ -7,6 +7,7 @@ worker: a second owner (a higher epoch) takes over the same journal and the same
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -539,3 +540,19 @@ async def test_fills_risk_refusals_kill_switch_and_resyncs_reach_the_operator(
     adapter.restore()
     await outbox.wait_for(lambda: len(outbox.resyncs) == 2)
     assert [n["event"] for n in notable][-2:] == ["venue_down", "venue_resync"]
+
+
+async def test_the_collector_paused_for_a_rebuild_is_on_again_after_it_whatever_happened(
+        owners: Owners) -> None:
+    assert gc.isenabled()
+    first, first_out = await owners.open(1)
+    await first.route("s1", "cust", new_order("c1"))
+    await first_out.wait_for(lambda: len(first_out.order_events()) == 1)
+    second, _ = await owners.open(2)
+    assert second.book.orders == 1 and gc.isenabled()
+    await second.close()
+    with sqlite3.connect(owners.path) as db:
+        db.execute("UPDATE entries SET payload = '{\"msg\": {}}' WHERE kind = 'request'")
+    with pytest.raises(OwnerError):
+        await owners.open(3)
+    assert gc.isenabled()
