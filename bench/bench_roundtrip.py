@@ -13,9 +13,9 @@ Run with `python -m bench.bench_roundtrip [--orders N] [--repeats R] [--chunk C]
 In each repeat the two paths take turns, `--chunk` orders at a time (100), until each has
 timed `--orders`: both then meet the same machine, whose speed drifts on a shared VM by more
 than the effects measured. Each repeat yields p50/p99/p99.9; the table shows the median of the
-repeats and the ratio. Each repeat also reads the CPU time every process on the path used while it ran (from
-/proc; the client's own from `time.process_time`), per timed order: for the platform that is
-the order and its untimed cancel (two requests), for the relay one message.
+repeats and the ratio. Each repeat also reads the CPU time every process on the path used
+while it ran (from /proc; the client's own from `time.process_time`), per timed order: for the
+platform that is the order and its untimed cancel (two requests), for the relay one message.
 """
 
 from __future__ import annotations

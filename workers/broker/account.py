@@ -128,9 +128,9 @@ def tracker_input(entry: JournaledEntry) -> ClientRequest | OrderEvent | VenueRe
     if entry.kind == REQUEST:
         msg = entry.payload["msg"]
         return _REQUESTS[msg["type"]].model_validate(msg)
-    if entry.kind == EVENT:  # the payload has no seq (`event_payload`): validated once, as is
+    if entry.kind == EVENT:  # journaled without its seq (`event_payload`), as the tracker wants
         event: OrderEvent = ORDER_EVENT.validate_python(entry.payload)
-        return event if event.seq is None else event.model_copy(update={"seq": None})
+        return event
     if entry.kind == REFUSED:
         p = entry.payload
         return VenueRefused(p["client_order_id"], p["action"], ErrorCode(p["code"]), p["message"])
