@@ -146,8 +146,8 @@ class PlatformSession:
         self.data_dir = data_dir
 
     async def open(self, http: aiohttp.ClientSession) -> None:
-        secrets = json.loads((self.data_dir / "secrets.json").read_text())
         manager = await wait_file(self.data_dir / "run" / "market-manager.url", 30)
+        secrets = json.loads(await wait_file(self.data_dir / "secrets.json", 30))
         deadline = time.monotonic() + 60
         while True:  # wait until the account is owned and a Market takes sessions
             async with http.post(f"{manager}/v1/sessions", json={},
