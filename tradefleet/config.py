@@ -113,6 +113,12 @@ class AccountSection(Section):
                     "optional and absent by default (the venue's own rules and rate limits "
                     "still apply). Limits changed over REST are journaled and win over these "
                     "after a restart.")
+    retain_finished_orders: int = Field(
+        10_000, ge=100,
+        description="Finished orders the account's Broker keeps in memory whole. An older one "
+                    "keeps only its client_order_id, which stays taken (a new_order reusing it "
+                    "gets `duplicate_order`); the journal keeps every order. Bounds the Broker's "
+                    "memory, about 4 KB per order kept, however long the account trades.")
 
 
 class CustomerSection(Section):

@@ -47,7 +47,13 @@ from protocol.orders import (
     OrderSnapshot,
     OrderStatus,
 )
-from workers.broker.orders import ClientRequest, OrderStateError, OrderTracker, VenueRefused
+from workers.broker.orders import (
+    RETAIN_FINISHED,
+    ClientRequest,
+    OrderStateError,
+    OrderTracker,
+    VenueRefused,
+)
 from workers.broker.reconcile import KnownOrder, PendingModify
 
 REQUEST = "request"
@@ -144,14 +150,18 @@ class AccountBook:
     """The order tracker of one account plus the journal's notes on every order.
 
     Feed every journaled entry to `observe()` right after it is appended (or while rebuilding,
-    after the tracker has seen it); query the rest.
+    after the tracker has seen it); query the rest. The notes of an order go when the tracker
+    lets the finished order go (`retain_finished`, see `workers.broker.orders`).
     """
 
-    def __init__(self, account: str, clock: Callable[[], int]) -> None:
+    def __init__(self, account: str, clock: Callable[[], int], *,
+                 retain_finished: int = RETAIN_FINISHED) -> None:
         self.account = account
-        self.tracker = OrderTracker(account, clock)
+        self.tracker = OrderTracker(account, clock, retain_finished=retain_finished,
+                                    on_forget=self._forget)
         self._clock = clock
         self._notes: dict[str, OrderNotes] = {}
+        self._orders = 0
         self._last_seq: dict[str, int] = {}
         self._positions: dict[str, Decimal] = {}
         self.fills = 0
@@ -206,7 +216,8 @@ class AccountBook:
         msg = entry.payload["msg"]
         cid = msg["client_order_id"]
         if msg["type"] == "new_order":
-            if cid not in self._notes:
+            if cid not in self._notes and not self.tracker.forgotten(cid):
+                self._orders += 1
                 self._notes[cid] = OrderNotes(
                     request=item if isinstance(item, NewOrder) else NewOrder.model_validate(msg),
                     session_id=entry.payload["session_id"],
@@ -258,7 +269,11 @@ class AccountBook:
 
     @property
     def orders(self) -> int:
-        return len(self._notes)
+        """Orders the account ever had, the forgotten finished ones included."""
+        return self._orders
+
+    def _forget(self, client_order_id: str) -> None:
+        self._notes.pop(client_order_id, None)
 
     def open_orders(self, customer: str | None = None) -> list[OrderSnapshot]:
         """Open orders (pending included), oldest first; only `customer`'s when given."""

@@ -24,12 +24,19 @@ Guarantees:
   that contradicts the known state (e.g. rejecting an order it already filled);
 * repeated news (a second ack, a second cancel confirmation) is ignored: no effects.
 
+Retention: the tracker keeps the last `retain_finished` finished orders whole. An older one is
+forgotten (`on_forget` is told its client_order_id) and only its client_order_id is kept, so
+that a `new_order` reusing it is still refused (`duplicate_order`) rather than creating a
+second order; a cancel or modify of it gets `order_not_found`. Memory and the cost of every
+query then stay bounded however long the account trades. The journal keeps everything.
+
 Recovery: every journaled entry is itself a valid input. Replaying the journal through a new
 tracker in order, discarding the effects, rebuilds the same state.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Context, Decimal
@@ -60,6 +67,9 @@ _EXACT = Context(prec=160)  # sums and products of wire-sized decimals never rou
 _AVERAGE = Context(prec=28)  # average prices are quotients; quantities stay exact
 
 ClientRequest = NewOrder | CancelOrder | ModifyOrder
+
+RETAIN_FINISHED = 10_000
+"""Finished orders an account's books keep whole (see Retention above)."""
 
 
 # ---------------------------------------------------------------- inputs and effects
@@ -150,6 +160,7 @@ class OrderRecord:
     fill_ids: set[str] = field(default_factory=set)
     cancel_pending: bool = False
     modify_pending: bool = False
+    finished: bool = False  # counted among the finished orders kept (see Retention)
 
     @property
     def remaining(self) -> Decimal:
@@ -163,12 +174,21 @@ class OrderRecord:
 
 class OrderTracker:
     """Every order of one account. `clock()` gives ns since the epoch for events the tracker
-    creates itself (rejections it derives from a refused request)."""
+    creates itself (rejections it derives from a refused request). Past `retain_finished`
+    finished orders the oldest is forgotten, and `on_forget` hears of it (module docstring)."""
 
-    def __init__(self, account: str, clock: Callable[[], int]) -> None:
+    def __init__(self, account: str, clock: Callable[[], int], *,
+                 retain_finished: int = RETAIN_FINISHED,
+                 on_forget: Callable[[str], None] | None = None) -> None:
+        if retain_finished < 1:
+            raise ValueError("retain_finished must be at least 1")
         self.account = account
         self._clock = clock
         self._orders: dict[str, OrderRecord] = {}
+        self._retain = retain_finished
+        self._on_forget = on_forget
+        self._finished: deque[str] = deque()  # kept finished orders, oldest first
+        self._forgotten: set[str] = set()  # client_order_ids of the orders let go
 
     # ------------------------------------------------------------ queries
 
@@ -180,6 +200,15 @@ class OrderTracker:
     def status(self, client_order_id: str) -> OrderStatus | None:
         record = self._orders.get(client_order_id)
         return None if record is None else record.status
+
+    def forgotten(self, client_order_id: str) -> bool:
+        """Whether `client_order_id` belonged to a finished order let go (Retention)."""
+        return client_order_id in self._forgotten
+
+    @property
+    def kept(self) -> int:
+        """Orders held whole: the open ones and the last finished ones."""
+        return len(self._orders)
 
     def open_orders(self) -> list[OrderSnapshot]:
         """Orders not yet finished (pending included), oldest first."""
@@ -195,6 +224,13 @@ class OrderTracker:
     def receive(self, message: TrackerInput) -> list[Effect]:
         """Apply one input; return the effects to carry out in order. Raises
         `OrderStateError` (and changes nothing) when the input is impossible."""
+        effects = self._dispatch(message)
+        record = self._orders.get(message.client_order_id)
+        if record is not None and not record.finished and record.status.is_terminal:
+            self._finish(message.client_order_id, record)
+        return effects
+
+    def _dispatch(self, message: TrackerInput) -> list[Effect]:
         if isinstance(message, VenueRefused):
             return self._on_refused(message)
         if message.account != self.account:
@@ -211,12 +247,30 @@ class OrderTracker:
             return self._on_modify(message)
         return self._on_venue_event(message)
 
+    def _finish(self, client_order_id: str, record: OrderRecord) -> None:
+        """Count a newly finished order among those kept; let the oldest go past the limit."""
+        record.finished = True
+        self._finished.append(client_order_id)
+        while len(self._finished) > self._retain:
+            oldest = self._finished.popleft()
+            del self._orders[oldest]
+            self._forgotten.add(oldest)
+            if self._on_forget is not None:
+                self._on_forget(oldest)
+
     # ------------------------------------------------------------ client requests
 
     def _on_new(self, request: NewOrder) -> list[Effect]:
         existing = self._orders.get(request.client_order_id)
         if existing is not None:
             return [Emit(self._build(OrderSnapshot, existing, self._clock()))]
+        if request.client_order_id in self._forgotten:
+            raise OrderStateError(
+                ErrorCode.DUPLICATE_ORDER,
+                f"client_order_id {request.client_order_id!r} belongs to an order that "
+                "finished long ago; choose a new one",
+                request.client_order_id,
+            )
         self._orders[request.client_order_id] = OrderRecord(
             request=request, qty=request.qty, price=request.price
         )

@@ -96,6 +96,7 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.journal import Entry, Journal, JournalFenced
 from workers.broker.orders import (
+    RETAIN_FINISHED,
     CancelAtVenue,
     ClientRequest,
     Effect,
@@ -220,6 +221,7 @@ class AccountOwner:
         connect_timeout_s: float = 15.0,
         limits: RiskLimits | None = None,
         on_notable: Callable[[dict[str, Any]], None] | None = None,
+        retain_finished: int = RETAIN_FINISHED,
     ) -> None:
         self.account = account
         self.worker_id = worker_id
@@ -227,7 +229,8 @@ class AccountOwner:
         self.state = OwnerState.OPENING
         self.error: str | None = None
         self.instruments: list[InstrumentSpec] = []
-        self.book = AccountBook(account, clock)
+        self.book = AccountBook(account, clock, retain_finished=retain_finished)
+        self._retain_finished = retain_finished
         self._journal_path = journal_path
         self._adapter_factory = adapter_factory
         self._outbox = outbox
@@ -894,7 +897,8 @@ class AccountOwner:
         """A fresh position manager with the journal's risk records, order events and
         venue refusals replayed into it, in journal order. `parsed` holds each entry's
         tracker input, as the book's rebuild read it."""
-        manager = risk.PositionManager(self.account, self._limits, self._specs)
+        manager = risk.PositionManager(self.account, self._limits, self._specs,
+                                       retain_finished=self._retain_finished)
         for entry, item in zip(journaled, parsed, strict=True):
             try:
                 if entry.kind == RISK:

@@ -161,6 +161,7 @@ class BrokerService(WorkerService):
                 outbox=self,
                 clock=self._clock,
                 limits=self.ctx.config.accounts[account].risk,
+                retain_finished=self.ctx.config.accounts[account].retain_finished_orders,
                 on_notable=self._on_notable,
             )
             structlog.contextvars.bind_contextvars(account=account)

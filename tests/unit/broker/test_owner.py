@@ -386,6 +386,39 @@ async def test_a_new_owner_rebuilds_continues_the_seq_and_fences_the_old(
     assert "zombie" not in owners.adapters[0].placed
 
 
+async def test_finished_orders_past_the_limit_keep_only_their_ids_across_owners(
+        owners: Owners, venue: PaperVenue) -> None:
+    first, first_out = await owners.open(1, retain_finished=2)
+    await first.route("s1", "cust", new_order("open"))
+    for cid in ("c1", "c2", "c3"):
+        await first.route("s1", "cust", new_order(cid, price="31000"))
+        await first.route("s1", "cust", {"type": "cancel_order", "client_order_id": cid,
+                                         "account": "acct"})
+    await first_out.wait_for(lambda: types(first_out.order_events()).count(
+        "order_cancelled") == 3)
+
+    async def check(owner: AccountOwner, outbox: Outbox) -> None:
+        assert owner.info()["orders"] == 4  # the forgotten order still counts
+        assert [o.client_order_id for o in owner.book.open_orders()] == ["open"]
+        assert owner.book.tracker.get("c1") is None and owner.book.tracker.get("c3")
+        await owner.route("s1", "cust", new_order("c1", price="31000"))
+        await owner.route("s1", "cust", new_order("c3", price="31000"))
+        errors = [e for e in outbox.events() if e["type"] == "error"]
+        assert [(e["code"], e.get("client_order_id")) for e in errors] == [
+            ("duplicate_order", "c1")]
+        assert "finished long ago" in errors[0]["message"]
+        snapshots = [e for e in outbox.events() if e["type"] == "order_snapshot"]
+        assert [(e["client_order_id"], e["status"]) for e in snapshots] == [("c3", "cancelled")]
+
+    await check(first, first_out)
+    second, second_out = await owners.open(2, retain_finished=2)  # rebuilt from the journal
+    await check(second, second_out)
+    # The venue saw one order per id, never a second c1.
+    assert [o.client_order_id for o in venue.engine.open_orders("acct")] == ["open"]
+    assert sum(1 for k, _, _, p in owners.journal()
+               if k == "request" and p["msg"]["client_order_id"] == "c1") == 2  # new + cancel
+
+
 async def test_a_new_owner_watches_held_instruments_without_waiting_while_it_opens(
         owners: Owners, monkeypatch: pytest.MonkeyPatch) -> None:
     """The venue's events are read only once the owner is open, so waiting for a first price

@@ -31,6 +31,7 @@ from protocol.orders import (
     OrderStatus,
 )
 from workers.broker.orders import (
+    RETAIN_FINISHED,
     CancelAtVenue,
     ModifyAtVenue,
     OrderStateError,
@@ -70,10 +71,12 @@ class Desk:
     effects: list[Effect] = field(default_factory=list)
     # Called with each batch of effects the manager returns, before any is carried out.
     on_decision: Callable[[list[Effect]], None] | None = None
+    retain_finished: int = RETAIN_FINISHED  # finished orders kept whole by both
 
     def __post_init__(self) -> None:
-        self.manager = PositionManager(ACCOUNT, self.limits, self.specs)
-        self.tracker = OrderTracker(ACCOUNT, clock=lambda: self.now)
+        self.manager = self._new_manager()
+        self.tracker = OrderTracker(ACCOUNT, clock=lambda: self.now,
+                                    retain_finished=self.retain_finished)
         self._fills = 0
         self._trades = 0
 
@@ -129,7 +132,7 @@ class Desk:
         """Replace the manager by one rebuilt from the journal (checking, unless told the
         journal was cut short, that it is the same state); carry out `resume()`."""
         before = self.manager
-        self.manager = PositionManager(ACCOUNT, self.limits, self.specs)
+        self.manager = self._new_manager()
         for entry in self.journal:
             self.manager.replay(entry)
         if same_state:
@@ -138,6 +141,10 @@ class Desk:
         self.manager.equity = before.equity
         self._carry_out(self.manager.resume(self.now))
         return self.manager
+
+    def _new_manager(self) -> PositionManager:
+        return PositionManager(ACCOUNT, self.limits, self.specs,
+                               retain_finished=self.retain_finished)
 
     # ------------------------------------------------------------ reading
 

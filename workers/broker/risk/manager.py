@@ -103,7 +103,7 @@ from protocol.signals import (
     SignalAccepted,
     SignalRejected,
 )
-from workers.broker.orders import VenueRefused
+from workers.broker.orders import RETAIN_FINISHED, VenueRefused
 from workers.broker.risk import signals as sizing
 from workers.broker.risk.amounts import ZERO, plain
 from workers.broker.risk.exits import (
@@ -288,14 +288,22 @@ class PositionManager:
     """Risk limits, positions, signals and exits of one account."""
 
     def __init__(
-        self, account: str, limits: RiskLimits, specs: Mapping[str, InstrumentSpec]
+        self,
+        account: str,
+        limits: RiskLimits,
+        specs: Mapping[str, InstrumentSpec],
+        *,
+        retain_finished: int = RETAIN_FINISHED,
     ) -> None:
         self.account = account
         self.engine = RiskEngine(limits)
         self.specs = dict(specs)
         self.prices = MarketPrices()
         self.equity: Decimal | None = None
-        self.orders = OrderLedger()
+        # Finished orders (and orders refused here) kept whole: older ones leave only their
+        # client_order_id behind (`OrderLedger.retired`), so memory does not grow without end.
+        self._retain = retain_finished
+        self.orders = OrderLedger(retain_finished)
         self.positions = PositionBook(account)
         self.exits = ExitBook()
         self._kill: dict[KillScope, KillSwitchChanged] = {}
@@ -445,7 +453,8 @@ class PositionManager:
     @classmethod
     def restore(cls, data: dict[str, Any], specs: Mapping[str, InstrumentSpec]) -> PositionManager:
         """The manager `snapshot()` described."""
-        manager = cls(data["account"], RiskLimits.model_validate(data["limits"]), specs)
+        manager = cls(data["account"], RiskLimits.model_validate(data["limits"]), specs,
+                      retain_finished=data["orders"]["retain_finished"])
         manager._kill = {
             KillScope(s): KillSwitchChanged.model_validate(r) for s, r in data["kill"].items()
         }
@@ -508,6 +517,16 @@ class PositionManager:
             return [Notify(_rejection(refused, OrderSnapshot), session)]
         if self.orders.get(cid) is not None:
             return [SubmitOrder(order, session)]  # the tracker answers with its state
+        if self.orders.retired(cid):
+            return [
+                RefuseRequest(
+                    cid,
+                    ErrorCode.DUPLICATE_ORDER,
+                    f"client_order_id {cid!r} belongs to an order that finished long ago; "
+                    "choose a new one",
+                    session,
+                )
+            ]
         if cid.startswith(ORDER_ID_PREFIX):
             return [
                 RefuseRequest(
@@ -847,6 +866,10 @@ class PositionManager:
             self._note_admission(record.at)
         elif isinstance(record, OrderRefused):
             self._refused[record.order.client_order_id] = record
+            while len(self._refused) > self._retain:  # the oldest refusal goes, its id stays
+                oldest = next(iter(self._refused))
+                del self._refused[oldest]
+                self.orders.retire(oldest)
         elif isinstance(record, ModifyAdmitted):
             self.orders.request_modify(record.modify)
         elif isinstance(record, ModifyRefused):

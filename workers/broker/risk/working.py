@@ -8,6 +8,7 @@ admitted (placed before it existed, found by reconciliation) is learnt from its 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -27,6 +28,7 @@ from protocol.orders import (
     OrderStatus,
     OrderType,
 )
+from workers.broker.orders import RETAIN_FINISHED
 from workers.broker.risk.amounts import ZERO
 from workers.broker.risk.limits import WorkingOrder
 from workers.broker.risk.records import Origin
@@ -49,6 +51,7 @@ class TrackedOrder:
     cancel_requested: bool = False
     modify: tuple[Decimal, Decimal | None] | None = None  # (qty, price) on its way
     seen_event: bool = False  # the tracker has reported on it at least once
+    finished: bool = False  # counted among the finished orders kept
 
     @property
     def is_working(self) -> bool:
@@ -71,11 +74,17 @@ class TrackedOrder:
 
 
 class OrderLedger:
-    """Every order of the account the manager knows, in the order it learnt of them."""
+    """Every order of the account the manager knows, in the order it learnt of them, but for
+    the finished ones let go past `retain_finished` (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, retain_finished: int = RETAIN_FINISHED) -> None:
+        if retain_finished < 1:
+            raise ValueError("retain_finished must be at least 1")
         self._orders: dict[str, TrackedOrder] = {}
         self._requests: dict[str, NewOrder] = {}
+        self._retain = retain_finished
+        self._finished: deque[str] = deque()  # kept finished orders, oldest first
+        self._retired: set[str] = set()
         # The working subset, oldest first: every limit check walks it, so it must not grow
         # with the account's history.
         self._working: dict[str, TrackedOrder] = {}
@@ -85,6 +94,19 @@ class OrderLedger:
             self._working.setdefault(order.client_order_id, order)
         else:
             self._working.pop(order.client_order_id, None)
+
+    def _finish(self, order: TrackedOrder) -> None:
+        """Count a newly finished order among those kept; let the oldest go past the limit."""
+        order.finished = True
+        self._finished.append(order.client_order_id)
+        while len(self._finished) > self._retain:
+            self.retire(self._finished.popleft())
+
+    def retire(self, client_order_id: str) -> None:
+        """Forget the order but for its client_order_id, which stays taken."""
+        self._orders.pop(client_order_id, None)
+        self._requests.pop(client_order_id, None)
+        self._retired.add(client_order_id)
 
     # ------------------------------------------------------------ changes
 
@@ -143,6 +165,9 @@ class OrderLedger:
         if isinstance(event, OrderSnapshot):
             return None  # a report, not a change
         order = self._orders.get(event.client_order_id)
+        if order is None and event.client_order_id in self._retired:
+            # News of an order let go long after it finished: its fill still counts.
+            return event.fill if isinstance(event, OrderPartiallyFilled | OrderFilled) else None
         if order is None:
             order = self._orders[event.client_order_id] = TrackedOrder(
                 client_order_id=event.client_order_id,
@@ -161,6 +186,8 @@ class OrderLedger:
             order.modify = None
         if not order.is_working:
             order.cancel_requested = False
+            if not order.finished:
+                self._finish(order)
         if isinstance(event, OrderPartiallyFilled | OrderFilled):
             return event.fill
         return None
@@ -172,6 +199,10 @@ class OrderLedger:
 
     def request_of(self, client_order_id: str) -> NewOrder | None:
         return self._requests.get(client_order_id)
+
+    def retired(self, client_order_id: str) -> bool:
+        """Whether `client_order_id` belonged to an order let go (it cannot be used again)."""
+        return client_order_id in self._retired
 
     def working(self, instrument: str | None = None) -> Iterator[TrackedOrder]:
         """Orders that may still trade, oldest first; only `instrument`'s when given."""
@@ -196,7 +227,7 @@ class OrderLedger:
 
     # ------------------------------------------------------------ durable form
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> dict[str, Any]:
         out: list[dict[str, Any]] = []
         for cid, o in self._orders.items():
             request = self._requests.get(cid)
@@ -222,12 +253,16 @@ class OrderLedger:
                     "request": None if request is None else request.model_dump(mode="json"),
                 }
             )
-        return out
+        return {"orders": out, "retain_finished": self._retain, "finished": list(self._finished),
+                "retired": sorted(self._retired)}
 
     @classmethod
-    def restore(cls, data: list[dict[str, Any]]) -> OrderLedger:
-        ledger = cls()
-        for d in data:
+    def restore(cls, data: dict[str, Any]) -> OrderLedger:
+        ledger = cls(data["retain_finished"])
+        ledger._finished.extend(data["finished"])
+        ledger._retired.update(data["retired"])
+        finished = set(data["finished"])
+        for d in data["orders"]:
             modify = d["modify"]
             ledger._orders[d["client_order_id"]] = TrackedOrder(
                 client_order_id=d["client_order_id"],
@@ -247,6 +282,7 @@ class OrderLedger:
                 if modify is None
                 else (Decimal(modify[0]), None if modify[1] is None else Decimal(modify[1])),
                 seen_event=d["seen_event"],
+                finished=d["client_order_id"] in finished,
             )
             ledger._track(ledger._orders[d["client_order_id"]])
             if d["request"] is not None:
