@@ -116,9 +116,10 @@ class AccountSection(Section):
     retain_finished_orders: int = Field(
         10_000, ge=100,
         description="Finished orders the account's Broker keeps in memory whole. An older one "
-                    "keeps only its client_order_id, which stays taken (a new_order reusing it "
-                    "gets `duplicate_order`); the journal keeps every order. Bounds the Broker's "
-                    "memory, about 4 KB per order kept, however long the account trades.")
+                    "keeps only its client_order_id, which stays taken: a new_order reusing it "
+                    "is answered with the order's last state, read from the journal, which "
+                    "keeps every order. Bounds the Broker's memory (about 4 KB per order kept) "
+                    "however long the account trades.")
 
 
 class CustomerSection(Section):

@@ -116,6 +116,14 @@ def stamped_event(payload: dict[str, Any], seq: int | None) -> bytes:
     return orjson.dumps(payload if seq is None else {**payload, "seq": seq})
 
 
+def snapshot_from_event(payload: dict[str, Any], ts: int) -> OrderSnapshot:
+    """An `order_snapshot` at `ts` of the order an `event` entry's payload left as it was:
+    the answer to a repeat of an order the books no longer keep."""
+    fields = {k: v for k, v in payload.items()
+              if k in OrderSnapshot.model_fields and k not in ("type", "seq", "ts")}
+    return OrderSnapshot.model_validate({**fields, "ts": ts})
+
+
 def refused_payload(refusal: VenueRefused) -> dict[str, Any]:
     return {"client_order_id": refusal.client_order_id, "action": refusal.action,
             "code": refusal.code.value, "message": refusal.message}

@@ -26,8 +26,9 @@ Guarantees:
 
 Retention: the tracker keeps the last `retain_finished` finished orders whole. An older one is
 forgotten (`on_forget` is told its client_order_id) and only its client_order_id is kept, so
-that a `new_order` reusing it is still refused (`duplicate_order`) rather than creating a
-second order; a cancel or modify of it gets `order_not_found`. Memory and the cost of every
+that a `new_order` reusing it is refused (`duplicate_order`) rather than creating a second
+order (the Broker answers such a repeat with the order's last state from the journal before it
+gets here); a cancel or modify of it gets `order_not_found`. Memory and the cost of every
 query then stay bounded however long the account trades. The journal keeps everything.
 
 Recovery: every journaled entry is itself a valid input. Replaying the journal through a new

@@ -533,12 +533,13 @@ class AccountOwner:
     async def _order_request(self, requester: _Requester, request: ClientRequest) -> None:
         cid = request.client_order_id
         owner = self.book.customer_of(cid)
+        if owner is None and isinstance(request, NewOrder) and self.book.tracker.forgotten(cid):
+            self._answer_forgotten(requester, cid)
+            return
         if owner is not None and owner != requester.customer:
             # Another customer's order: never reveal its state, never let it be touched.
             if isinstance(request, NewOrder):
-                self._error(requester, ErrorCode.DUPLICATE_ORDER,
-                            f"client_order_id {cid!r} is already used on this account; "
-                            f"choose another", field="client_order_id", client_order_id=cid)
+                self._refuse_duplicate(requester, cid)
             else:
                 self._error(requester, ErrorCode.ORDER_NOT_FOUND, f"no order {cid!r}",
                             field="client_order_id", client_order_id=cid)
@@ -568,6 +569,23 @@ class AccountOwner:
                 self._clock()), requester)
             return
         await self._submit(request, requester)
+
+    def _answer_forgotten(self, requester: _Requester, cid: str) -> None:
+        """A repeat of an order that finished so long ago that the books let it go: its last
+        state comes from the journal, to its own customer only (DESIGN: a repeated
+        client_order_id returns the order's state and never makes a second order)."""
+        entry = self._journal.last_order_event(cid) if self._journal is not None else None
+        customer = None if entry is None else self._customers.get(entry.session_id or "")
+        if entry is None or customer != requester.customer:
+            self._refuse_duplicate(requester, cid)
+            return
+        self._answer(requester, entries.snapshot_from_event(entry.payload, self._clock()))
+
+    def _refuse_duplicate(self, requester: _Requester, cid: str) -> None:
+        """Refuse a new_order whose id another customer's order holds, revealing nothing."""
+        self._error(requester, ErrorCode.DUPLICATE_ORDER,
+                    f"client_order_id {cid!r} is already used on this account; choose another",
+                    field="client_order_id", client_order_id=cid)
 
     async def _submit(self, request: ClientRequest, requester: _Requester) -> None:
         """Hand one request to the order tracker and carry out what it says. A refused

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.broker.journal import WAL_SIZE_LIMIT, Journal, JournalFenced
+from workers.broker.journal import LAST_ORDER_EVENT, WAL_SIZE_LIMIT, Journal, JournalFenced
 
 
 def test_entries_survive_reopen_in_order(tmp_path: Path) -> None:
@@ -131,3 +131,24 @@ def test_the_wal_is_cut_back_even_while_appends_never_pause(tmp_path: Path) -> N
         assert seqs == list(range(1, appended + 1))
     finally:
         j.close()
+
+
+def test_an_orders_last_event_is_found_by_index_also_in_a_journal_older_than_it(
+        tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    j = Journal(path, "b", epoch=1)
+    j.append("request", {"msg": {"client_order_id": "c1"}})
+    j.append("event", {"client_order_id": "c1", "status": "accepted"}, "s1")
+    j.append("event", {"client_order_id": "c2", "status": "accepted"}, "s1")
+    j.append("event", {"client_order_id": "c1", "status": "cancelled"}, "s1")
+    j.append("risk", {"client_order_id": "c1", "status": "not an order event"})
+    j._db.execute("DROP INDEX entries_order")  # as a journal written before the index was
+    j.close()
+    again = Journal(path, "b", epoch=2)
+    last = again.last_order_event("c1")
+    assert last is not None and (last.seq, last.payload["status"]) == (4, "cancelled")
+    assert last.session_id == "s1" and last.session_seq == 3
+    assert again.last_order_event("c3") is None
+    plan = again._db.execute(f"EXPLAIN QUERY PLAN {LAST_ORDER_EVENT}", ("c1",)).fetchall()
+    assert "USING INDEX entries_order" in str(plan)  # no scan of the whole history
+    again.close()

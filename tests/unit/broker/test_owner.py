@@ -401,14 +401,20 @@ async def test_finished_orders_past_the_limit_keep_only_their_ids_across_owners(
         assert owner.info()["orders"] == 4  # the forgotten order still counts
         assert [o.client_order_id for o in owner.book.open_orders()] == ["open"]
         assert owner.book.tracker.get("c1") is None and owner.book.tracker.get("c3")
+        before = len(outbox.events("s1"))
+        # A repeat gets the order's state, kept (c3) or from the journal (c1) alike ...
         await owner.route("s1", "cust", new_order("c1", price="31000"))
         await owner.route("s1", "cust", new_order("c3", price="31000"))
-        errors = [e for e in outbox.events() if e["type"] == "error"]
-        assert [(e["code"], e.get("client_order_id")) for e in errors] == [
-            ("duplicate_order", "c1")]
-        assert "finished long ago" in errors[0]["message"]
-        snapshots = [e for e in outbox.events() if e["type"] == "order_snapshot"]
-        assert [(e["client_order_id"], e["status"]) for e in snapshots] == [("c3", "cancelled")]
+        # ... but another customer learns nothing of it, as of any order of another.
+        await owner.route("s2", "intruder", new_order("c1", price="31000"))
+        answers = outbox.events("s1")[before:]
+        assert [(e["type"], e["client_order_id"], e["status"]) for e in answers] == [
+            ("order_snapshot", "c1", "cancelled"), ("order_snapshot", "c3", "cancelled")]
+        assert answers[0]["qty"] == "1" and answers[0]["price"] == "31000"
+        assert "seq" not in answers[0]
+        assert [(e["type"], e["code"]) for e in outbox.events("s2")] == [
+            ("error", "duplicate_order")]
+        assert "cancelled" not in orjson.dumps(outbox.events("s2")).decode()
 
     await check(first, first_out)
     second, second_out = await owners.open(2, retain_finished=2)  # rebuilt from the journal
