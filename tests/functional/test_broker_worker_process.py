@@ -44,6 +44,7 @@ join_token = "{TOKEN}"
 desired = 1
 [accounts.paper-1]
 venue = "paper"
+retain_finished_orders = 100
 [customers.demo]
 accounts = ["paper-1"]
 [paper]
@@ -201,6 +202,39 @@ async def test_the_owner_is_killed_and_its_replacement_carries_on(
     assert (info["orders"], info["open_orders"], info["fills"]) == (2, 2, 1)
     await ws2.close()
     json.dumps(info)  # the status report is plain JSON
+
+
+async def test_a_repeat_of_an_order_the_owner_let_go_is_answered_from_the_journal(
+        broker_manager: str, http: aiohttp.ClientSession) -> None:
+    async def owner() -> dict[str, Any] | None:
+        async with http.get(broker_manager + "/v1/accounts", headers=AUTH) as response:
+            entry = (await response.json())["accounts"]["paper-1"]
+        return entry if entry and entry["ready"] else None
+
+    ws, _ = await open_link(http, (await until(owner, "an owner of paper-1"))["url"])
+
+    async def answer(cid: str, kind: str) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            while True:
+                frame = orjson.loads((await ws.receive()).data)
+                event = frame.get("event", {})
+                if (event.get("client_order_id"), event.get("type")) == (cid, kind):
+                    return event  # type: ignore[no-any-return]
+
+    # The config keeps 100 finished orders: the 101st to finish lets the first go.
+    for i in range(101):
+        await ws.send_bytes(route(sell(f"c{i}", "61000")))
+        await answer(f"c{i}", "order_accepted")
+        await ws.send_bytes(route({"type": "cancel_order", "client_order_id": f"c{i}",
+                                   "account": "paper-1"}))
+        await answer(f"c{i}", "order_cancelled")
+    await ws.send_bytes(route(sell("c0", "61000")))
+    again = await answer("c0", "order_snapshot")
+    assert (again["status"], again["price"], "seq" in again) == ("cancelled", "61000", False)
+    async with http.get((await owner())["url"] + "/v1/status") as response:  # type: ignore[index]
+        info = (await response.json())["info"]
+    assert (info["orders"], info["orders_in_memory"], info["open_orders"]) == (101, 100, 0)
+    await ws.close()
 
 
 # ---------------------------------------------------------------- the fleet-wide kill switch

@@ -1153,6 +1153,7 @@ class AccountOwner:
             "connected": self.connected,
             "open_orders": len(self.book.open_orders()),
             "orders": self.book.orders,
+            "orders_in_memory": self.book.tracker.kept,  # bounded: retain_finished_orders
             "fills": self.book.fills,
             "positions": {k: str(v) for k, v in sorted(self.book.positions().items())},
             "recent_fills": list(self.recent_fills),
