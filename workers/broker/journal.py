@@ -13,7 +13,6 @@ any Market worker can replay a session's missed events after a resume, none lost
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +21,7 @@ from typing import Any
 
 import orjson
 
-CHECKPOINT_EVERY_S = 1.0
-WAL_SIZE_LIMIT = 16 * 1024 * 1024
-"""Bytes the WAL file is cut back to once checkpointed, and the size past which the checkpoint
-thread makes the next append start the WAL over (see `Journal._checkpoint_loop`)."""
+from tradefleet.service.walcheckpoint import CHECKPOINT_EVERY_S, WAL_SIZE_LIMIT, Checkpointer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL,
@@ -106,18 +102,14 @@ class Journal:
         # own, never inside an append: done inline they cost an order a few ms now and then.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute(f"PRAGMA journal_size_limit={int(wal_limit)}")  # after a burst
-        self._wal_limit = wal_limit
         self._db.executescript(SCHEMA)
         self._claim(worker_id)
         # Last session_seq per session, read once from the file: while this epoch owns the
         # journal nobody else appends (every append re-checks the owner in its transaction),
         # so the cache cannot go stale without the next append failing with JournalFenced.
         self._session_seqs: dict[str, int] = {}
-        self._checkpoint_every_s = checkpoint_every_s
-        self._stop_checkpoints = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
-                                              name=f"journal-checkpoint:{path.name}")
-        self._checkpointer.start()
+        self._checkpointer = Checkpointer(path, every_s=checkpoint_every_s,
+                                          wal_limit=wal_limit)
 
     def _claim(self, worker_id: str) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -136,38 +128,8 @@ class Journal:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
-        self._stop_checkpoints.set()
-        if self._checkpointer.is_alive() and self._checkpointer is not threading.current_thread():
-            self._checkpointer.join(timeout=5)
+        self._checkpointer.stop()
         self._db.close()
-
-    def _checkpoint_loop(self) -> None:
-        """Copy the WAL into the database file about once a second, without blocking the
-        writer (PASSIVE), so the WAL stays small.
-
-        A passive checkpoint copies what the WAL held when it began; the WAL is rewound only
-        when an append finds all of it copied. Under a steady stream of appends (every 2 ms
-        is enough) that never happens, and the WAL grew without end (~1.6 MB/s at 500
-        appends/s: gigabytes an hour). So once the file is past `wal_limit`, a RESTART
-        checkpoint follows the passive one: it holds appends back while it copies the little
-        the passive one left and syncs the file (one append in a few thousand then waits a few
-        ms), and the next append starts the WAL over."""
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=1,
-                                 check_same_thread=False)
-        except sqlite3.Error:
-            return
-        wal = self.path.with_name(self.path.name + "-wal")
-        try:
-            while not self._stop_checkpoints.wait(self._checkpoint_every_s):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if wal.stat().st_size > self._wal_limit:
-                        db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                except (sqlite3.Error, OSError):
-                    continue  # busy or gone: the next round tries again
-        finally:
-            db.close()
 
     def append(self, kind: str, payload: dict[str, Any], session_id: str | None = None
                ) -> Entry:

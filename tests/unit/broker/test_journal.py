@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.broker.journal import LAST_ORDER_EVENT, WAL_SIZE_LIMIT, Journal, JournalFenced
+from tradefleet.service.walcheckpoint import WAL_SIZE_LIMIT
+from workers.broker.journal import LAST_ORDER_EVENT, Journal, JournalFenced
 
 
 def test_entries_survive_reopen_in_order(tmp_path: Path) -> None:
