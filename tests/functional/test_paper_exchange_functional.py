@@ -582,6 +582,54 @@ async def test_a_killed_exchange_makes_calls_retryable_and_the_stream_report_it(
         doomed.stop()
 
 
+async def test_a_killed_exchange_restarts_with_its_accounts_orders_and_fills(
+    tmp_path: Path,
+) -> None:
+    first = start_exchange(tmp_path / "venue")
+    adapter = RemotePaperAdapter(first.url, TOKEN, "survivor")
+    try:
+        await adapter.connect()
+        events = Events(adapter)
+        bid, ask = await top_of_book(adapter, events)
+        await adapter.place_order(market("bought", "survivor", "buy", "0.02"))
+        await events.until(finished("bought"))
+        rest_price = (bid * D("0.8")).quantize(TICK)
+        resting = await adapter.place_order(limit("resting", "survivor", "buy", "0.003",
+                                                  rest_price))
+        await events.until(lambda e: isinstance(e, OrderAccepted)
+                           and e.client_order_id == "resting")
+        ledger, fills = await adapter.ledger(), await adapter.fills_since(0)
+        open_orders = await adapter.open_orders()
+    finally:
+        await adapter.close()
+    assert fills and ledger.positions and [o.client_order_id for o in open_orders] == ["resting"]
+    first.proc.kill()  # kill -9: nothing is closed or flushed
+    first.proc.wait(timeout=10)
+
+    second = start_exchange(tmp_path / "venue")
+    adapter = RemotePaperAdapter(second.url, TOKEN, "survivor")
+    try:
+        await adapter.connect()
+        events = Events(adapter)
+        again = await adapter.ledger()
+        assert (again.cash, again.positions, again.fees_paid) == (
+            ledger.cash, ledger.positions, ledger.fees_paid)
+        assert await adapter.fills_since(0) == fills
+        assert [o.model_dump(exclude={"ts"}) for o in await adapter.open_orders()] == [
+            o.model_dump(exclude={"ts"}) for o in open_orders]
+        # The resting order is live in the book again, and order numbers go on.
+        await adapter.cancel_order("resting")
+        await events.until(finished("resting"))
+        fresh = await adapter.place_order(limit("after", "survivor", "buy", "0.003",
+                                                rest_price))
+        assert fresh.order_id not in (resting.order_id, *(f.order_id for f in fills))
+        with pytest.raises(OrderRejectedError):  # ids used before the restart stay used
+            await adapter.place_order(market("bought", "survivor", "sell", "0.02"))
+    finally:
+        await adapter.close()
+        assert second.stop() == 0, second.stderr()
+
+
 def test_a_bad_paper_key_exits_2_naming_it(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -50,6 +51,7 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.adapters.paper.candles import CandleBuilder
 from workers.broker.adapters.paper.config import PaperConfig
+from workers.broker.adapters.paper.store import PaperStore
 from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine, OrderRefused
 from workers.broker.adapters.paper.marketdata import (
     RandomWalkMarket,
@@ -83,7 +85,10 @@ class PaperVenue:
         *,
         clock: Clock = time.time_ns,
         recording: Iterable[RecordedEvent] | None = None,
+        store: PaperStore | None = None,
     ) -> None:
+        """`store`, when given, makes the accounts durable: what it holds is loaded now, and
+        every change is written to it before anyone hears of it (`PaperStore`)."""
         self.config = config
         self._wall = clock
         self._replay_origin: tuple[int, int] | None = None  # (wall ns, recorded ns)
@@ -99,6 +104,11 @@ class PaperVenue:
             self._replay = ReplayMarket(self.engine, recording)
         elif config.replay_file is None:
             self._walk = RandomWalkMarket(self.engine, config.instruments, seed=config.seed)
+        self._store = store
+        if store is not None:
+            mids = store.load(self.engine)
+            if self._walk is not None:
+                self._walk.resume(mids)
         self._listeners: list[_Listener] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -182,7 +192,7 @@ class PaperVenue:
             events = self._replay.advance(self.now())
         else:
             events = []
-        self._dispatch(events)
+        self._dispatch(events, self._walk.mids() if self._walk is not None else None)
         return events
 
     # ------------------------------------------------------------ accounts and orders
@@ -198,6 +208,8 @@ class PaperVenue:
         """Open `account` with the configured starting cash unless it exists."""
         if not self.engine.ledger.has_account(account):
             self.engine.open_account(account, self.config.starting_cash)
+            if self._store is not None:
+                self._store.open_account(self.engine, account)
 
     def submit(self, request: NewOrder) -> list[EngineEvent]:
         return self._dispatch(self.engine.submit(request))
@@ -210,7 +222,19 @@ class PaperVenue:
     ) -> list[EngineEvent]:
         return self._dispatch(self.engine.modify(account, client_order_id, qty=qty, price=price))
 
-    def _dispatch(self, events: list[EngineEvent]) -> list[EngineEvent]:
+    def _dispatch(self, events: list[EngineEvent], mids: dict[str, int] | None = None
+                  ) -> list[EngineEvent]:
+        if self._store is not None:
+            # Stored before anyone hears of it, so nothing acknowledged can be lost. A store
+            # that fails stops the venue (its process exits and restarts from what is stored)
+            # rather than let memory and disk part ways.
+            try:
+                self._store.record(self.engine, events, mids)
+            except sqlite3.Error as exc:
+                log.exception("paper_store_failed")
+                self._dispatch_notice(ConnectionChanged(
+                    False, f"paper exchange storage failed: {exc}", self.now()))
+                raise
         if events:
             for listener in self._listeners:
                 listener.deliver(events)

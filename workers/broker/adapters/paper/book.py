@@ -4,6 +4,7 @@ resting orders and reports which levels changed; matching decisions live in the 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -12,6 +13,7 @@ from protocol.market import Side
 from protocol.orders import OrderStatus, OrderType, TimeInForce
 
 ZERO = Decimal(0)
+_QUEUED = itertools.count(1)  # when an order joined its queue, across every book
 
 
 @dataclass(slots=True, eq=False)
@@ -31,6 +33,7 @@ class RestingOrder:
     created_ts: int
     filled: Decimal = ZERO
     notional: Decimal = ZERO  # sum of price * qty over fills, for the average price
+    queued: int = 0  # larger = joined its price level's queue later (time priority)
 
     @property
     def leaves(self) -> Decimal:
@@ -94,6 +97,7 @@ class BookSide:
             bisect.insort(self._prices, order.price)
         level.orders[order.order_id] = order
         level.size += order.leaves
+        order.queued = next(_QUEUED)
 
     def remove(self, order: RestingOrder) -> None:
         """Take a working `order` off the book. Call before changing its qty, price or

@@ -135,6 +135,33 @@ class MatchingEngine:
         """Fills of `account` with ts >= since_ts, oldest first."""
         return [f for f in self._fills.get(account, ()) if f.ts >= since_ts]
 
+    def is_quiet(self, account: str) -> bool:
+        """Whether `account` is one of the venue's own synthetic ones (`open_account`)."""
+        return account in self._quiet
+
+    def resting(self, account: str, client_order_id: str) -> RestingOrder | None:
+        """The engine's own record of an order (to persist it; do not change it)."""
+        return self._orders.get((account, client_order_id))
+
+    def ids(self) -> tuple[int, int, int]:
+        """The last order, trade and fill numbers given out."""
+        return self._next_order, self._next_trade, self._next_fill
+
+    def restore(self, orders: Iterable[RestingOrder], fills: Mapping[str, Iterable[Fill]],
+                ids: tuple[int, int, int]) -> None:
+        """Put back persisted orders and fills of accounts already open, and go on numbering
+        after `ids`. Working orders rejoin their books in `queued` order, so each keeps its
+        place in time priority among them."""
+        for order in sorted(orders, key=lambda o: o.queued):
+            self._orders[(order.account, order.client_order_id)] = order
+            if order.leaves and order.price is not None:
+                self._books[order.instrument].side(order.side).append(order)
+        for account, account_fills in fills.items():
+            self._fills[account] = list(account_fills)
+        self._next_order = max(self._next_order, ids[0])
+        self._next_trade = max(self._next_trade, ids[1])
+        self._next_fill = max(self._next_fill, ids[2])
+
     def forget_closed(self, account: str) -> None:
         """Drop finished orders and the fill history of `account` to bound memory. Meant for
         house accounts, whose client order ids are never reused; the ledger is untouched."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Context, Decimal
+from typing import Any
 
 from protocol.market import Side
 
@@ -125,6 +126,23 @@ class Ledger:
             name: PositionState(p.qty, p.cost, p.realized_pnl)
             for name, p in self._positions[account].items()
         }
+
+    def state(self, account: str) -> dict[str, Any]:
+        """The account's books as JSON-ready data (decimals as strings): `restore` takes it."""
+        return {
+            "cash": {ccy: str(v) for ccy, v in self._cash[account].items()},
+            "fees": {ccy: str(v) for ccy, v in self._fees[account].items()},
+            "positions": {name: [str(p.qty), str(p.cost), str(p.realized_pnl)]
+                          for name, p in self._positions[account].items()},
+        }
+
+    def restore(self, account: str, state: Mapping[str, Any]) -> None:
+        """Put back an account `state()` described, replacing what it held."""
+        self._cash[account] = {ccy: Decimal(v) for ccy, v in state["cash"].items()}
+        self._fees[account] = {ccy: Decimal(v) for ccy, v in state["fees"].items()}
+        self._positions[account] = {
+            name: PositionState(Decimal(qty), Decimal(cost), Decimal(realized))
+            for name, (qty, cost, realized) in state["positions"].items()}
 
     def position_qty(self, account: str, instrument: str) -> Decimal:
         state = self._positions[account].get(instrument)

@@ -86,6 +86,18 @@ class RandomWalkMarket:
         state = self._state(instrument)
         return state.mid_ticks * state.config.tick_size
 
+    def mids(self) -> dict[str, int]:
+        """Each instrument's mid in ticks (what `resume` takes)."""
+        return {state.config.instrument: state.mid_ticks for state in self._states}
+
+    def resume(self, mids: dict[str, int]) -> None:
+        """Walk on from earlier mids (in ticks): an instrument no longer configured is
+        ignored, one with a mid its ladder cannot sit at starts from its initial price."""
+        for state in self._states:
+            ticks = mids.get(state.config.instrument)
+            if ticks is not None and ticks >= self._floor(state):
+                state.mid_ticks = ticks
+
     def steer(self, instrument: str, target: Decimal, ticks_per_step: int = 1) -> Decimal:
         """Walk `instrument`'s mid to `target` (rounded to a tick), at most `ticks_per_step`
         ticks per step, in place of the random moves until it gets there. Returns the target

@@ -4,8 +4,10 @@
         [--config FLEET_TOML]
 
 The exchange is a venue, like Kraken: it is not a worker, it outlives the Broker workers that
-trade on it, and its ledger is the ground truth the platform is checked against. State lives
-in memory for the life of the process. The fleet config's `[paper]` table is validated as
+trade on it, and its ledger is the ground truth the platform is checked against. Its accounts
+(books, orders, fills) are durable in `D/paper/exchange.sqlite` (`store.PaperStore`): a
+restart, kill -9 included, carries on where the last process stopped; the market's synthetic
+liquidity starts afresh around the last prices. The fleet config's `[paper]` table is validated as
 `PaperConfig` (an invalid key is reported as `paper.<key>`, exit status 2). Once listening, the
 URL is written atomically to `D/run/paper.url` and announced on stdout as one JSON line
 `{"event": "listening", "url": ...}`.
@@ -104,6 +106,7 @@ import contextlib
 import itertools
 import os
 import socket
+import sqlite3
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 from decimal import Decimal, InvalidOperation
@@ -142,12 +145,16 @@ from workers.broker.adapters.paper import wire
 from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig
 from workers.broker.adapters.paper.engine import OrderRefused
+from workers.broker.adapters.paper.store import PaperStore
 
 log = structlog.get_logger(__name__)
 
 EXIT_CONFIG = 2
 EXIT_BIND = 3
 EXIT_VENUE_FAILED = 4
+STORE_FILE = Path("paper") / "exchange.sqlite"
+"""The accounts' durable state under the data dir (`PaperStore`); delete it, with the
+exchange stopped, to start the paper accounts over."""
 
 HEARTBEAT_S = 5.0
 SEND_TIMEOUT_S = 5.0
@@ -859,7 +866,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         )
         return EXIT_BIND
     url = _public_url(args.host, sock.getsockname()[1])
-    venue = PaperVenue(paper)
+    try:
+        store = PaperStore(args.data_dir / STORE_FILE)
+        venue = PaperVenue(paper, store=store)
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        sock.close()
+        print(f"paper exchange: cannot load {args.data_dir / STORE_FILE}: {exc}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     watch = VenueWatch()
     venue.attach(watch)
     runner = web.AppRunner(create_app(venue, token), access_log=None, shutdown_timeout=5.0)
@@ -888,6 +902,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     finally:
         _remove_if_ours(url_file, url)
         await runner.cleanup()
+        store.close()
     logger.info("stopped")
     return exit_code
 

@@ -1,0 +1,189 @@
+"""What the paper exchange's accounts hold, on disk: it survives the process.
+
+One SQLite file (WAL) under the data dir. The venue writes to it before it tells anyone of a
+change (`PaperVenue` calls `record` before delivering an operation's events), so an order
+acknowledged to a Broker, a fill and the cash it moved are never lost, kill -9 included, and
+a restarted exchange carries on with the same accounts, orders, fills and order numbering.
+
+What is kept: the accounts' books (cash, fees, positions), their orders (working ones rejoin
+the book in their time priority), their fills, and the random walk's mids; order and fill
+numbering goes on after the highest kept. What is not: the venue's own synthetic accounts
+(`house-*`), whose quotes and flow start afresh around the kept mids.
+
+Delete the file (with the exchange stopped) to start the paper accounts over.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, get_args
+
+import orjson
+
+from protocol.market import Side
+from protocol.orders import (
+    Fill,
+    OrderEvent,
+    OrderFilled,
+    OrderPartiallyFilled,
+    OrderStatus,
+    OrderType,
+    TimeInForce,
+)
+from tradefleet.service.walcheckpoint import WAL_SIZE_LIMIT, Checkpointer
+from workers.broker.adapters.paper.book import RestingOrder
+from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine
+
+_ORDER_EVENTS = get_args(OrderEvent)  # a tuple: isinstance over a union is slower
+_FILLS = (OrderFilled, OrderPartiallyFilled)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    account TEXT NOT NULL,
+    client_order_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (account, client_order_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fills (seq INTEGER PRIMARY KEY, account TEXT NOT NULL,
+                                  fill TEXT NOT NULL);
+-- The last trade and fill numbers given out, the venue's own included: public trade ids are
+-- never reused. (Order numbers go on after the highest kept order's.)
+CREATE TABLE IF NOT EXISTS counters (id INTEGER PRIMARY KEY CHECK (id = 1),
+                                     trades INTEGER NOT NULL, fills INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mids (instrument TEXT PRIMARY KEY, ticks INTEGER NOT NULL);
+"""
+
+
+def order_state(order: RestingOrder) -> dict[str, Any]:
+    return {"order_id": order.order_id, "account": order.account,
+            "client_order_id": order.client_order_id, "instrument": order.instrument,
+            "side": order.side.value, "order_type": order.order_type.value,
+            "time_in_force": order.time_in_force.value, "qty": str(order.qty),
+            "price": None if order.price is None else str(order.price),
+            "status": order.status.value, "created_ts": order.created_ts,
+            "filled": str(order.filled), "notional": str(order.notional),
+            "queued": order.queued}
+
+
+def order_from_state(state: dict[str, Any]) -> RestingOrder:
+    return RestingOrder(
+        order_id=state["order_id"], account=state["account"],
+        client_order_id=state["client_order_id"], instrument=state["instrument"],
+        side=Side(state["side"]), order_type=OrderType(state["order_type"]),
+        time_in_force=TimeInForce(state["time_in_force"]), qty=Decimal(state["qty"]),
+        price=None if state["price"] is None else Decimal(state["price"]),
+        status=OrderStatus(state["status"]), created_ts=state["created_ts"],
+        filled=Decimal(state["filled"]), notional=Decimal(state["notional"]),
+        queued=state["queued"])
+
+
+class PaperStore:
+    """The paper exchange's durable state (module docstring). Single writer: the venue."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # Every commit is in the OS's hands before `record` returns: kill -9 loses nothing.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # never inside an order's write
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        self._db.executescript(SCHEMA)
+        self._checkpointer = Checkpointer(path)
+        self._mids: dict[str, int] = {}
+        self._counters = (0, 0)
+
+    def close(self) -> None:
+        self._checkpointer.stop()
+        self._db.close()
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, engine: MatchingEngine) -> dict[str, int]:
+        """Put the stored accounts, orders, fills and counters into a fresh `engine`; return
+        the stored mids (in ticks) for the market to walk on from."""
+        for account, state in self._db.execute("SELECT account, state FROM accounts"):
+            if not engine.ledger.has_account(account):
+                engine.open_account(account)
+            engine.ledger.restore(account, orjson.loads(state))
+        orders = [order_from_state(orjson.loads(state))
+                  for (state,) in self._db.execute("SELECT state FROM orders")]
+        fills: dict[str, list[Fill]] = {}
+        for account, fill in self._db.execute("SELECT account, fill FROM fills ORDER BY seq"):
+            fills.setdefault(account, []).append(Fill.model_validate_json(fill))
+        # Order numbers go on after the highest kept order's: numbers only the venue's own
+        # orders had may come again, but none of those orders outlived the process.
+        row = self._db.execute("SELECT trades, fills FROM counters").fetchone()
+        self._counters = (row[0], row[1]) if row is not None else (0, 0)
+        engine.restore(orders, fills, (max((_number(o.order_id) for o in orders), default=0),
+                                       *self._counters))
+        self._mids = dict(self._db.execute("SELECT instrument, ticks FROM mids").fetchall())
+        return dict(self._mids)
+
+    # ------------------------------------------------------------ recording
+
+    def open_account(self, engine: MatchingEngine, account: str) -> None:
+        """Store a newly opened account."""
+        self._db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?)",
+                         (account, orjson.dumps(engine.ledger.state(account)).decode()))
+
+    def record(self, engine: MatchingEngine, events: Iterable[EngineEvent],
+               mids: dict[str, int] | None = None) -> None:
+        """Store, in one transaction, what one engine operation changed for the accounts
+        that are not the venue's own: every order an event names, every fill, the books of
+        every account that traded, the trade and fill counters and `mids` when they moved."""
+        orders: dict[tuple[str, str], RestingOrder] = {}
+        fills: list[Fill] = []
+        for event in events:
+            if not isinstance(event, _ORDER_EVENTS) or engine.is_quiet(event.account):
+                continue
+            order = engine.resting(event.account, event.client_order_id)
+            if order is not None:
+                orders[(order.account, order.client_order_id)] = order
+            if isinstance(event, _FILLS):
+                fills.append(event.fill)
+        moved = {k: v for k, v in (mids or {}).items() if self._mids.get(k) != v}
+        _, trades, fill_count = engine.ids()
+        counters = (trades, fill_count)
+        if not fills and not moved and counters == self._counters and len(orders) <= 1:
+            # An order placed, cancelled or modified without trading: one statement is its
+            # own transaction (half the cost of BEGIN ... COMMIT around it).
+            for order in orders.values():
+                self._db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
+                                 (order.account, order.client_order_id,
+                                  orjson.dumps(order_state(order)).decode()))
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for order in orders.values():
+                db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
+                           (order.account, order.client_order_id,
+                            orjson.dumps(order_state(order)).decode()))
+            for fill in fills:
+                db.execute("INSERT INTO fills(account, fill) VALUES (?, ?)",
+                           (fill.account, fill.model_dump_json()))
+            for account in {fill.account for fill in fills}:
+                db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?)",
+                           (account, orjson.dumps(engine.ledger.state(account)).decode()))
+            if counters != self._counters:
+                db.execute("INSERT OR REPLACE INTO counters VALUES (1, ?, ?)", counters)
+            for instrument, ticks in moved.items():
+                db.execute("INSERT OR REPLACE INTO mids VALUES (?, ?)", (instrument, ticks))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._mids.update(moved)
+        self._counters = counters
+
+
+def _number(engine_id: str) -> int:
+    """The number in an engine order id (`P12` → 12)."""
+    digits = engine_id.lstrip("P")
+    return int(digits) if digits.isdigit() else 0
