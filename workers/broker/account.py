@@ -98,6 +98,31 @@ class OrderNotes:
     pending_modify: PendingModify | None = None
 
 
+def _notes_state(notes: OrderNotes, with_request: bool) -> dict[str, Any]:
+    """`with_request`: the tracker does not keep the order's request, so the notes must."""
+    modify = notes.pending_modify
+    return {"request": notes.request.model_dump(mode="json", exclude_none=True)
+            if with_request else None,
+            "session_id": notes.session_id, "customer": notes.customer,
+            "intent_ts": notes.intent_ts, "fill_ids": sorted(notes.fill_ids),
+            "last_fill_ts": notes.last_fill_ts, "cancel_requested": notes.cancel_requested,
+            "pending_modify": None if modify is None else [
+                None if modify.qty is None else str(modify.qty),
+                None if modify.price is None else str(modify.price)]}
+
+
+def _notes_from_state(state: dict[str, Any], request: NewOrder | None) -> OrderNotes:
+    modify = state["pending_modify"]
+    return OrderNotes(
+        request=request if request is not None else NewOrder.model_validate(state["request"]),
+        session_id=state["session_id"], customer=state["customer"],
+        intent_ts=state["intent_ts"], fill_ids=set(state["fill_ids"]),
+        last_fill_ts=state["last_fill_ts"], cancel_requested=state["cancel_requested"],
+        pending_modify=None if modify is None else PendingModify(
+            None if modify[0] is None else Decimal(modify[0]),
+            None if modify[1] is None else Decimal(modify[1])))
+
+
 # ---------------------------------------------------------------- entry payloads
 
 
@@ -174,6 +199,37 @@ class AccountBook:
         self._positions: dict[str, Decimal] = {}
         self.fills = 0
         self.rebuild_errors: list[str] = []
+
+    # ------------------------------------------------------------ durable form
+
+    def snapshot(self) -> dict[str, Any]:
+        """The books as JSON-ready data: `restore` of it, then `rebuild` of the entries after
+        it, gives the books a rebuild of the whole journal gives."""
+        return {
+            "tracker": self.tracker.snapshot(),
+            "notes": {cid: _notes_state(n, self.tracker.request_of(cid) is None)
+                      for cid, n in self._notes.items()},
+            "last_seq": dict(self._last_seq),
+            "positions": {k: str(v) for k, v in self._positions.items()},
+            "fills": self.fills,
+            "orders": self._orders,
+        }
+
+    @classmethod
+    def restore(cls, account: str, clock: Callable[[], int], data: dict[str, Any]
+                ) -> AccountBook:
+        """The books `snapshot()` described."""
+        book = cls(account, clock)
+        book.tracker = OrderTracker.restore(account, clock, data["tracker"],
+                                            on_forget=book._forget)
+        for cid, state in data["notes"].items():
+            kept = book.tracker.request_of(cid)  # the tracker's request, not a second copy
+            book._notes[cid] = _notes_from_state(state, kept)
+        book._last_seq = dict(data["last_seq"])
+        book._positions = {k: Decimal(v) for k, v in data["positions"].items()}
+        book.fills = data["fills"]
+        book._orders = data["orders"]
+        return book
 
     # ------------------------------------------------------------ recovery
 

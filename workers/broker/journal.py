@@ -44,6 +44,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_session ON entries(session_id, session
 -- it; costs an event append a few us.
 CREATE INDEX IF NOT EXISTS entries_order ON entries(json_extract(payload, '$.client_order_id'))
     WHERE kind = 'event';
+-- The owner's state as of entry `seq` (its books and position manager), so that a new owner
+-- replays only the entries after it. Derived data: the entries stay the record.
+CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, ts REAL NOT NULL,
+                                      epoch INTEGER NOT NULL, state BLOB NOT NULL);
 """
 
 LAST_ORDER_EVENT = (
@@ -173,6 +177,36 @@ class Journal:
             params += list(kinds)
         for row in self._db.execute(query + " ORDER BY seq", params):
             yield Entry(row[0], row[1], row[2], row[3], row[4], row[5], orjson.loads(row[6]))
+
+    def write_snapshot(self, seq: int, state: dict[str, Any]) -> None:
+        """Store the owner's `state` as of entry `seq`, replacing older snapshots. Raises
+        `JournalFenced` (writing nothing) if a newer owner holds the journal."""
+        body = orjson.dumps(state)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._db.execute(
+                "INSERT OR REPLACE INTO snapshots SELECT ?,?,?,? "
+                "WHERE (SELECT epoch FROM owner WHERE id = 1) = ?",
+                (seq, time.time(), self.epoch, body, self.epoch))
+            if cursor.rowcount != 1:
+                raise JournalFenced(f"journal {self.path.name} belongs to a newer owner than "
+                                    f"epoch {self.epoch}; no snapshot written")
+            self._db.execute("DELETE FROM snapshots WHERE seq < ?", (seq,))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        """The newest snapshot as (seq it covers, state), or None."""
+        row = self._db.execute(
+            "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else (row[0], orjson.loads(row[1]))
+
+    def last_seq(self) -> int:
+        """The seq of the newest entry (0 for none)."""
+        row = self._db.execute("SELECT MAX(seq) FROM entries").fetchone()
+        return int(row[0] or 0)
 
     def last_order_event(self, client_order_id: str) -> Entry | None:
         """The latest `event` entry of the order `client_order_id`, or None (by index)."""

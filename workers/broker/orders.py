@@ -147,6 +147,10 @@ class OrderStateError(Exception):
 # ---------------------------------------------------------------- state
 
 
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
 @dataclass(slots=True)
 class OrderRecord:
     """What we know about one order."""
@@ -171,6 +175,24 @@ class OrderRecord:
     @property
     def avg_price(self) -> Decimal | None:
         return _AVERAGE.divide(self.notional, self.filled) if self.filled else None
+
+
+def _record_state(record: OrderRecord) -> dict[str, Any]:
+    return {"request": record.request.model_dump(mode="json", exclude_none=True),
+            "status": record.status.value, "order_id": record.order_id, "qty": str(record.qty),
+            "price": None if record.price is None else str(record.price),
+            "filled": str(record.filled), "notional": str(record.notional),
+            "fill_ids": sorted(record.fill_ids), "cancel_pending": record.cancel_pending,
+            "modify_pending": record.modify_pending, "finished": record.finished}
+
+
+def _record_from_state(state: dict[str, Any]) -> OrderRecord:
+    return OrderRecord(
+        request=NewOrder.model_validate(state["request"]), status=OrderStatus(state["status"]),
+        order_id=state["order_id"], qty=Decimal(state["qty"]), price=_decimal(state["price"]),
+        filled=Decimal(state["filled"]), notional=Decimal(state["notional"]),
+        fill_ids=set(state["fill_ids"]), cancel_pending=state["cancel_pending"],
+        modify_pending=state["modify_pending"], finished=state["finished"])
 
 
 class OrderTracker:
@@ -201,6 +223,35 @@ class OrderTracker:
     def status(self, client_order_id: str) -> OrderStatus | None:
         record = self._orders.get(client_order_id)
         return None if record is None else record.status
+
+    # ------------------------------------------------------------ durable form
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every kept order and what retention remembers, as JSON-ready data (`restore`)."""
+        return {
+            "retain_finished": self._retain,
+            "orders": [_record_state(r) for r in self._orders.values()],
+            "finished": list(self._finished),
+            "forgotten": sorted(self._forgotten),
+        }
+
+    @classmethod
+    def restore(cls, account: str, clock: Callable[[], int], data: dict[str, Any], *,
+                on_forget: Callable[[str], None] | None = None) -> OrderTracker:
+        """The tracker `snapshot()` described."""
+        tracker = cls(account, clock, retain_finished=data["retain_finished"],
+                      on_forget=on_forget)
+        for state in data["orders"]:
+            record = _record_from_state(state)
+            tracker._orders[record.request.client_order_id] = record
+        tracker._finished.extend(data["finished"])
+        tracker._forgotten.update(data["forgotten"])
+        return tracker
+
+    def request_of(self, client_order_id: str) -> NewOrder | None:
+        """The request a kept order was placed with."""
+        record = self._orders.get(client_order_id)
+        return None if record is None else record.request
 
     def forgotten(self, client_order_id: str) -> bool:
         """Whether `client_order_id` belonged to a finished order let go (Retention)."""

@@ -6,7 +6,9 @@ through an `Outbox` (the Broker worker's links; a list in tests).
 
 Lifecycle (`open()`):
   1. claim the account journal with this worker's epoch (`JournalFenced` → refused);
-  2. rebuild the books by replaying the journal;
+  2. rebuild the books by replaying the journal: from its newest snapshot on, when there is
+     one made under the same config (and, after a long replay, store a new one once the
+     position manager is rebuilt too, at step 3);
   3. connect the venue adapter and read the instruments;
   4. reconcile with the venue (`workers.broker.reconcile`), journaling and emitting what the
      venue did meanwhile, re-sending young intents the venue never saw; then compare the
@@ -129,6 +131,10 @@ VENUE_ATTEMPTS = 3
 MAX_RETRY_WAIT_S = 1.0
 READY_WAIT_S = 10.0
 RISK = "risk"  # journal kind of the position manager's records
+SNAPSHOT_AFTER_ENTRIES = 20_000
+"""A new owner that replayed this many entries or more stores a snapshot once it has rebuilt,
+so that the next one replays only the entries after it (about 20 us each)."""
+SNAPSHOT_FORMAT = 1  # of the snapshot's state; another format is not used
 CLOCK_TICK_S = 1.0
 EQUITY_EVERY_TICKS = 10
 FIRST_PRICE_WAIT_S = 2.0
@@ -222,6 +228,7 @@ class AccountOwner:
         limits: RiskLimits | None = None,
         on_notable: Callable[[dict[str, Any]], None] | None = None,
         retain_finished: int = RETAIN_FINISHED,
+        snapshot_after_entries: int = SNAPSHOT_AFTER_ENTRIES,
     ) -> None:
         self.account = account
         self.worker_id = worker_id
@@ -231,6 +238,10 @@ class AccountOwner:
         self.instruments: list[InstrumentSpec] = []
         self.book = AccountBook(account, clock, retain_finished=retain_finished)
         self._retain_finished = retain_finished
+        self._snapshot_after = snapshot_after_entries
+        # How the books were rebuilt on open: from the snapshot at this seq (0: none), then
+        # this many entries replayed.
+        self.rebuilt: dict[str, int] = {}
         self._journal_path = journal_path
         self._adapter_factory = adapter_factory
         self._outbox = outbox
@@ -290,23 +301,31 @@ class AccountOwner:
             raise OwnerError(f"cannot open the journal of {self.account}: {exc}") from exc
         try:
             with collector_paused():
-                journaled = list(self._journal.entries())
+                base = self._restore_snapshot()
+                after = base[0] if base is not None else 0
+                journaled = list(self._journal.entries(after_seq=after))
                 parsed: list[Any] = []  # each entry's tracker input, for the risk replay below
                 read = self.book.rebuild(journaled, parsed)
                 for entry in journaled:
                     self._note_customer(entry)
             for problem in self.book.rebuild_errors:
                 self._log.error("journal_entry_refused_on_rebuild", problem=problem)
-            self._append(entries.OWNER, {"worker_id": self.worker_id, "epoch": self.epoch})
-            self._log.info("journal_claimed", entries=read, orders=self.book.orders)
+            claimed = self._append(entries.OWNER, {"worker_id": self.worker_id,
+                                                   "epoch": self.epoch})
+            self.rebuilt = {"snapshot_seq": after, "replayed": read}
+            self._log.info("journal_claimed", entries=read, snapshot_seq=after,
+                           orders=self.book.orders)
             self._adapter = self._adapter_factory(self.account)
             self.venue = self._adapter.venue
             await self._connect()
             self.instruments = await self._adapter.instruments()
             self._specs = {spec.instrument: spec for spec in self.instruments}
             with collector_paused():
-                self.risk = self._rebuild_risk(journaled, parsed)
-            del journaled, parsed
+                self.risk = self._rebuild_risk(journaled, parsed,
+                                               base[1] if base is not None else None)
+                if read >= self._snapshot_after and self._journal.last_seq() == claimed.seq:
+                    self._write_snapshot(claimed.seq)
+            del journaled, parsed, base
             await self._reconcile()
             await self._run_risk(self.risk.resume(self._clock()), None)
             # Subscribed, not waited for: the venue's events are read from the end of open()
@@ -327,6 +346,55 @@ class AccountOwner:
         self._consumer = asyncio.create_task(self._consume(), name=f"venue-events:{self.account}")
         self._ticker = asyncio.create_task(self._tick(), name=f"risk-clock:{self.account}")
         self._log.info("account_ready", venue=self.venue, open_orders=len(self.book.open_orders()))
+
+    # ------------------------------------------------------------ snapshots
+
+    def _snapshot_config(self) -> dict[str, Any]:
+        """What shapes the rebuilt state besides the entries: a snapshot made under another
+        config (or by another format) is not used, the whole journal is replayed instead."""
+        return {"format": SNAPSHOT_FORMAT, "retain_finished": self._retain_finished,
+                "limits": self._limits.model_dump(mode="json")}
+
+    def _restore_snapshot(self) -> tuple[int, risk.PositionManager] | None:
+        """Books and customers from the journal's newest usable snapshot, and its position
+        manager (without instrument specs yet); None, and nothing changed, when there is
+        none, it was made under another config, or it cannot be read."""
+        assert self._journal is not None
+        try:
+            found = self._journal.latest_snapshot()
+            if found is None:
+                return None
+            seq, state = found
+            if state.get("config") != self._snapshot_config():
+                self._log.info("journal_snapshot_skipped", seq=seq, reason="config changed")
+                return None
+            book = AccountBook.restore(self.account, self._clock, state["book"])
+            manager = risk.PositionManager.restore(state["risk"], {})
+            customers = {str(k): str(v) for k, v in state["customers"].items()}
+        except Exception:  # noqa: BLE001 - a snapshot only saves time: replay everything
+            self._log.exception("journal_snapshot_unreadable")
+            return None
+        self.book = book
+        self._customers = customers
+        return seq, manager
+
+    def _write_snapshot(self, seq: int) -> None:
+        """Store the books and the position manager as of entry `seq` (nothing appended
+        since), so that the next owner replays only what comes after."""
+        assert self._journal is not None and self.risk is not None
+        started = time.monotonic()
+        try:
+            self._journal.write_snapshot(seq, {
+                "config": self._snapshot_config(), "book": self.book.snapshot(),
+                "risk": self.risk.snapshot(), "customers": self._customers})
+        except JournalFenced as exc:
+            self._stop(OwnerState.FENCED, str(exc))
+            raise OwnerStopped(str(exc)) from exc
+        except Exception:  # noqa: BLE001 - the next owner replays more, nothing is lost
+            self._log.exception("journal_snapshot_failed", seq=seq)
+            return
+        self._log.info("journal_snapshot_written", seq=seq,
+                       ms=round((time.monotonic() - started) * 1000, 1))
 
     async def _connect(self) -> None:
         assert self._adapter is not None
@@ -911,12 +979,15 @@ class AccountOwner:
             raise OwnerStopped(self.error or "the owner has stopped")
         return self.risk
 
-    def _rebuild_risk(self, journaled: list[Entry], parsed: list[Any]) -> risk.PositionManager:
-        """A fresh position manager with the journal's risk records, order events and
-        venue refusals replayed into it, in journal order. `parsed` holds each entry's
-        tracker input, as the book's rebuild read it."""
-        manager = risk.PositionManager(self.account, self._limits, self._specs,
-                                       retain_finished=self._retain_finished)
+    def _rebuild_risk(self, journaled: list[Entry], parsed: list[Any],
+                      base: risk.PositionManager | None = None) -> risk.PositionManager:
+        """A position manager, fresh or the one a snapshot gave (`base`), with the journal's
+        risk records, order events and venue refusals after that replayed into it, in journal
+        order. `parsed` holds each entry's tracker input, as the book's rebuild read it."""
+        if base is not None:
+            base.specs = dict(self._specs)  # the venue's, known only now
+        manager = base if base is not None else risk.PositionManager(
+            self.account, self._limits, self._specs, retain_finished=self._retain_finished)
         for entry, item in zip(journaled, parsed, strict=True):
             try:
                 if entry.kind == RISK:
@@ -1154,6 +1225,7 @@ class AccountOwner:
             "open_orders": len(self.book.open_orders()),
             "orders": self.book.orders,
             "orders_in_memory": self.book.tracker.kept,  # bounded: retain_finished_orders
+            "rebuilt": self.rebuilt,
             "fills": self.book.fills,
             "positions": {k: str(v) for k, v in sorted(self.book.positions().items())},
             "recent_fills": list(self.recent_fills),

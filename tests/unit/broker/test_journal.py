@@ -153,3 +153,22 @@ def test_an_orders_last_event_is_found_by_index_also_in_a_journal_older_than_it(
     plan = again._db.execute(f"EXPLAIN QUERY PLAN {LAST_ORDER_EVENT}", ("c1",)).fetchall()
     assert "USING INDEX entries_order" in str(plan)  # no scan of the whole history
     again.close()
+
+
+def test_a_snapshot_replaces_older_ones_and_a_fenced_owner_cannot_write_one(
+        tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    j = Journal(path, "b", epoch=1)
+    assert j.latest_snapshot() is None
+    j.append("event", {"client_order_id": "c1"}, "s1")
+    j.write_snapshot(1, {"books": [1]})
+    j.append("event", {"client_order_id": "c2"}, "s1")
+    j.write_snapshot(2, {"books": [1, 2]})
+    assert j.latest_snapshot() == (2, {"books": [1, 2]}) and j.last_seq() == 2
+    assert j._db.execute("SELECT COUNT(*) FROM snapshots").fetchone() == (1,)
+    newer = Journal(path, "b2", epoch=2)
+    with pytest.raises(JournalFenced):
+        j.write_snapshot(2, {"books": "from a zombie"})
+    assert newer.latest_snapshot() == (2, {"books": [1, 2]})
+    newer.close()
+    j.close()

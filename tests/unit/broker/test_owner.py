@@ -157,6 +157,18 @@ class Owners:
         await owner.open()
         return owner, outbox
 
+    def snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        with sqlite3.connect(self.path) as db:
+            row = db.execute("SELECT seq, state FROM snapshots").fetchone()
+        return None if row is None else (row[0], orjson.loads(row[1]))
+
+    def rows(self) -> list[tuple[str, str | None, int, dict[str, Any]]]:
+        """The journal's entries with their own seq (where `journal()` gives session seqs)."""
+        with sqlite3.connect(self.path) as db:
+            rows = db.execute("SELECT kind, session_id, seq, payload FROM entries "
+                              "ORDER BY seq").fetchall()
+        return [(k, s, q, orjson.loads(p)) for k, s, q, p in rows]
+
     def journal(self) -> list[tuple[str, str | None, int | None, dict[str, Any]]]:
         with sqlite3.connect(self.path) as db:
             rows = db.execute("SELECT kind, session_id, session_seq, payload FROM entries "
@@ -423,6 +435,65 @@ async def test_finished_orders_past_the_limit_keep_only_their_ids_across_owners(
     assert [o.client_order_id for o in venue.engine.open_orders("acct")] == ["open"]
     assert sum(1 for k, _, _, p in owners.journal()
                if k == "request" and p["msg"]["client_order_id"] == "c1") == 2  # new + cancel
+
+
+async def test_a_new_owner_starts_from_the_last_snapshot_and_ends_where_a_full_replay_ends(
+        owners: Owners, venue: PaperVenue, counterparty: PaperAdapter) -> None:
+    first, out = await owners.open(1, retain_finished=2)
+    await first.route("s1", "cust", new_order("rest", price="31000"))
+    for cid in ("c1", "c2", "c3"):
+        await first.route("s1", "cust", new_order(cid, price="32000"))
+        await first.route("s1", "cust", {"type": "cancel_order", "client_order_id": cid,
+                                         "account": "acct"})
+    await first.route("s1", "cust", new_order("sold", qty="0.5", price="30000"))
+    await counterparty.place_order(cross("x1", qty="0.5"))
+    await out.wait_for(lambda: "order_filled" in types(out.order_events()))
+
+    # The second owner replays everything and, past the threshold, stores a snapshot.
+    second, _ = await owners.open(2, retain_finished=2, snapshot_after_entries=1)
+    stored = owners.snapshot()
+    claimed = [seq for kind, _, seq, p in owners.rows() if kind == "owner" and p["epoch"] == 2]
+    assert stored is not None and [stored[0]] == claimed  # as of the second owner's claim
+    await second.route("s1", "cust", new_order("after", price="33000"))
+    # The third starts from it and replays only what came after ...
+    third, _ = await owners.open(3, retain_finished=2, snapshot_after_entries=10**9)
+    assert third.rebuilt["snapshot_seq"] == stored[0]
+    assert 0 < third.rebuilt["replayed"] < stored[0]
+    assert owners.snapshot() == stored  # nothing new written below the threshold
+    # ... and ends where a replay of the whole journal ends.
+    with sqlite3.connect(owners.path) as db:
+        db.execute("DELETE FROM snapshots")
+    whole, _ = await owners.open(4, retain_finished=2, snapshot_after_entries=10**9)
+    assert whole.rebuilt["snapshot_seq"] == 0
+    for owner in (third, whole):
+        assert owner.state is OwnerState.READY
+    assert third.book.snapshot() == whole.book.snapshot()
+    assert third.risk is not None and whole.risk is not None
+    assert third.risk.snapshot() == whole.risk.snapshot()
+    assert third.info()["positions"] == {"BTC/USD": "-0.5"} and third.info()["orders"] == 6
+    assert third.book.tracker.forgotten("c1")
+
+
+async def test_a_snapshot_made_under_another_config_is_not_used(owners: Owners) -> None:
+    first, out = await owners.open(1, retain_finished=2, snapshot_after_entries=1)
+    await first.route("s1", "cust", new_order("c1"))
+    await out.wait_for(lambda: len(out.order_events()) == 1)
+    await owners.open(2, retain_finished=2, snapshot_after_entries=1)  # stores one
+    same, _ = await owners.open(3, retain_finished=2)
+    assert same.rebuilt["snapshot_seq"] > 0
+    other, _ = await owners.open(4, retain_finished=3)  # another retention: replay it all
+    assert other.rebuilt["snapshot_seq"] == 0
+    limited, _ = await owners.open(5, retain_finished=2, limits=RiskLimits(max_open_positions=3))
+    assert limited.rebuilt["snapshot_seq"] == 0  # other limits: replay it all
+    assert [o.client_order_id for o in limited.book.open_orders()] == ["c1"]
+    # A snapshot that cannot be read is skipped the same way.
+    with sqlite3.connect(owners.path) as db:
+        state = orjson.loads(db.execute("SELECT state FROM snapshots").fetchone()[0])
+        state["risk"]["orders"] = "not a ledger"
+        db.execute("UPDATE snapshots SET state = ?", (orjson.dumps(state),))
+    unreadable, _ = await owners.open(6, retain_finished=2)
+    assert unreadable.rebuilt["snapshot_seq"] == 0 and unreadable.state is OwnerState.READY
+    assert [o.client_order_id for o in unreadable.book.open_orders()] == ["c1"]
 
 
 async def test_a_new_owner_watches_held_instruments_without_waiting_while_it_opens(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
 from protocol.errors import ErrorCode
@@ -180,3 +181,22 @@ def test_the_books_let_the_notes_go_with_the_order_and_a_rebuild_agrees() -> Non
         assert book.positions() == whole.positions() == {"BTC/USD": D(2)}
         assert book.last_seq("s1") == whole.last_seq("s1")
     assert whole.session_of("c1") == "s1" and sorted(whole.finished()) == ["c1", "c2", "c3", "c4"]
+
+
+@pytest.mark.parametrize("retain", [1, 2, 10_000])
+def test_books_restored_from_a_snapshot_and_the_rest_equal_books_rebuilt_whole(
+        retain: int) -> None:
+    _, entries = journal(retain=2)
+    whole = AccountBook(ACCOUNT, FakeClock(), retain_finished=retain)
+    whole.rebuild(entries)
+    for cut in range(len(entries) + 1):
+        head = AccountBook(ACCOUNT, FakeClock(), retain_finished=retain)
+        head.rebuild(entries[:cut])
+        stored = orjson.loads(orjson.dumps(head.snapshot()))  # as the journal keeps it
+        resumed = AccountBook.restore(ACCOUNT, FakeClock(), stored)
+        assert resumed.snapshot() == head.snapshot(), cut
+        resumed.rebuild(entries[cut:])
+        assert resumed.snapshot() == whole.snapshot(), cut
+        assert resumed.rebuild_errors == []
+    # The history finishes four orders: below that, retention had work to do in the run.
+    assert whole.tracker.forgotten("c1") is (retain < 4)
