@@ -2,7 +2,8 @@
 
 A writer that leaves checkpoints to SQLite (`wal_autocheckpoint`) pays for one, fsync
 included, inside whichever write crosses the threshold: a few ms now and then on the hot path.
-The writer sets `PRAGMA wal_autocheckpoint=0` and starts a `Checkpointer` instead.
+`Checkpointer.take_over(db, path)` turns that off on the writer's connection and starts the
+thread instead.
 
 About once a period the thread copies the WAL into the database file without blocking the
 writer (PASSIVE). A passive checkpoint copies what the WAL held when it began, and the WAL is
@@ -35,6 +36,17 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"wal-checkpoint:{path.name}")
         self._thread.start()
+
+    @classmethod
+    def take_over(cls, db: sqlite3.Connection, path: Path, *,
+                  every_s: float = CHECKPOINT_EVERY_S,
+                  wal_limit: int = WAL_SIZE_LIMIT) -> Checkpointer:
+        """Stop the writer `db` (a connection to `path` in WAL mode) from checkpointing in its
+        own writes, let it cut the WAL back to `wal_limit` after a burst, and checkpoint in a
+        thread instead."""
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA journal_size_limit={int(wal_limit)}")
+        return cls(path, every_s=every_s, wal_limit=wal_limit)
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()

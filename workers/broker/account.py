@@ -48,13 +48,13 @@ from protocol.orders import (
     OrderStatus,
 )
 from workers.broker.orders import (
-    RETAIN_FINISHED,
     ClientRequest,
     OrderStateError,
     OrderTracker,
     VenueRefused,
 )
 from workers.broker.reconcile import KnownOrder, PendingModify
+from workers.broker.retention import RETAIN_FINISHED
 
 REQUEST = "request"
 EVENT = "event"

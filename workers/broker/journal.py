@@ -102,18 +102,16 @@ class Journal:
         self._db.execute("PRAGMA page_size=1024")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=" + ("FULL" if durability == "power" else "NORMAL"))
-        # Checkpoints (copying the WAL into the file, with an fsync) run in a thread of their
-        # own, never inside an append: done inline they cost an order a few ms now and then.
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.execute(f"PRAGMA journal_size_limit={int(wal_limit)}")  # after a burst
         self._db.executescript(SCHEMA)
         self._claim(worker_id)
         # Last session_seq per session, read once from the file: while this epoch owns the
         # journal nobody else appends (every append re-checks the owner in its transaction),
         # so the cache cannot go stale without the next append failing with JournalFenced.
         self._session_seqs: dict[str, int] = {}
-        self._checkpointer = Checkpointer(path, every_s=checkpoint_every_s,
-                                          wal_limit=wal_limit)
+        # Checkpoints (copying the WAL into the file, with an fsync) run in a thread of their
+        # own, never inside an append: done inline they cost an order a few ms now and then.
+        self._checkpointer = Checkpointer.take_over(self._db, path, every_s=checkpoint_every_s,
+                                                    wal_limit=wal_limit)
 
     def _claim(self, worker_id: str) -> None:
         self._db.execute("BEGIN IMMEDIATE")

@@ -24,12 +24,13 @@ Guarantees:
   that contradicts the known state (e.g. rejecting an order it already filled);
 * repeated news (a second ack, a second cancel confirmation) is ignored: no effects.
 
-Retention: the tracker keeps the last `retain_finished` finished orders whole. An older one is
-forgotten (`on_forget` is told its client_order_id) and only its client_order_id is kept, so
-that a `new_order` reusing it is refused (`duplicate_order`) rather than creating a second
-order (the Broker answers such a repeat with the order's last state from the journal before it
-gets here); a cancel or modify of it gets `order_not_found`. Memory and the cost of every
-query then stay bounded however long the account trades. The journal keeps everything.
+Retention (`workers.broker.retention`): the tracker keeps the last `retain_finished` finished
+orders whole. An older one is forgotten (`on_forget` is told its client_order_id) and only
+its client_order_id is kept, so that a `new_order` reusing it is refused (`duplicate_order`)
+rather than creating a second order (the Broker answers such a repeat with the order's last
+state from the journal before it gets here); a cancel or modify of it gets `order_not_found`.
+Memory and the cost of every query then stay bounded however long the account trades. The
+journal keeps everything.
 
 Recovery: every journaled entry is itself a valid input. Replaying the journal through a new
 tracker in order, discarding the effects, rebuilds the same state.
@@ -37,7 +38,6 @@ tracker in order, discarding the effects, rebuilds the same state.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Context, Decimal
@@ -62,6 +62,7 @@ from protocol.orders import (
     OrderStatus,
     OrderType,
 )
+from workers.broker.retention import RETAIN_FINISHED, Retention, reused_id_message
 
 ZERO = Decimal(0)
 _EXACT = Context(prec=160)  # sums and products of wire-sized decimals never round
@@ -69,8 +70,6 @@ _AVERAGE = Context(prec=28)  # average prices are quotients; quantities stay exa
 
 ClientRequest = NewOrder | CancelOrder | ModifyOrder
 
-RETAIN_FINISHED = 10_000
-"""Finished orders an account's books keep whole (see Retention above)."""
 
 
 # ---------------------------------------------------------------- inputs and effects
@@ -203,15 +202,11 @@ class OrderTracker:
     def __init__(self, account: str, clock: Callable[[], int], *,
                  retain_finished: int = RETAIN_FINISHED,
                  on_forget: Callable[[str], None] | None = None) -> None:
-        if retain_finished < 1:
-            raise ValueError("retain_finished must be at least 1")
         self.account = account
         self._clock = clock
         self._orders: dict[str, OrderRecord] = {}
-        self._retain = retain_finished
+        self._retention = Retention(retain_finished)
         self._on_forget = on_forget
-        self._finished: deque[str] = deque()  # kept finished orders, oldest first
-        self._forgotten: set[str] = set()  # client_order_ids of the orders let go
 
     # ------------------------------------------------------------ queries
 
@@ -228,24 +223,18 @@ class OrderTracker:
 
     def snapshot(self) -> dict[str, Any]:
         """Every kept order and what retention remembers, as JSON-ready data (`restore`)."""
-        return {
-            "retain_finished": self._retain,
-            "orders": [_record_state(r) for r in self._orders.values()],
-            "finished": list(self._finished),
-            "forgotten": sorted(self._forgotten),
-        }
+        return {"orders": [_record_state(r) for r in self._orders.values()],
+                **self._retention.snapshot()}
 
     @classmethod
     def restore(cls, account: str, clock: Callable[[], int], data: dict[str, Any], *,
                 on_forget: Callable[[str], None] | None = None) -> OrderTracker:
         """The tracker `snapshot()` described."""
-        tracker = cls(account, clock, retain_finished=data["retain_finished"],
-                      on_forget=on_forget)
+        tracker = cls(account, clock, on_forget=on_forget)
+        tracker._retention = Retention.restore(data)
         for state in data["orders"]:
             record = _record_from_state(state)
             tracker._orders[record.request.client_order_id] = record
-        tracker._finished.extend(data["finished"])
-        tracker._forgotten.update(data["forgotten"])
         return tracker
 
     def request_of(self, client_order_id: str) -> NewOrder | None:
@@ -255,7 +244,7 @@ class OrderTracker:
 
     def forgotten(self, client_order_id: str) -> bool:
         """Whether `client_order_id` belonged to a finished order let go (Retention)."""
-        return client_order_id in self._forgotten
+        return self._retention.gone(client_order_id)
 
     @property
     def kept(self) -> int:
@@ -302,11 +291,8 @@ class OrderTracker:
     def _finish(self, client_order_id: str, record: OrderRecord) -> None:
         """Count a newly finished order among those kept; let the oldest go past the limit."""
         record.finished = True
-        self._finished.append(client_order_id)
-        while len(self._finished) > self._retain:
-            oldest = self._finished.popleft()
+        for oldest in self._retention.finished(client_order_id):
             del self._orders[oldest]
-            self._forgotten.add(oldest)
             if self._on_forget is not None:
                 self._on_forget(oldest)
 
@@ -316,13 +302,10 @@ class OrderTracker:
         existing = self._orders.get(request.client_order_id)
         if existing is not None:
             return [Emit(self._build(OrderSnapshot, existing, self._clock()))]
-        if request.client_order_id in self._forgotten:
-            raise OrderStateError(
-                ErrorCode.DUPLICATE_ORDER,
-                f"client_order_id {request.client_order_id!r} belongs to an order that "
-                "finished long ago; choose a new one",
-                request.client_order_id,
-            )
+        if self._retention.gone(request.client_order_id):
+            raise OrderStateError(ErrorCode.DUPLICATE_ORDER,
+                                  reused_id_message(request.client_order_id),
+                                  request.client_order_id)
         self._orders[request.client_order_id] = OrderRecord(
             request=request, qty=request.qty, price=request.price
         )

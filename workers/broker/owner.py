@@ -98,7 +98,6 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.journal import Entry, Journal, JournalFenced
 from workers.broker.orders import (
-    RETAIN_FINISHED,
     CancelAtVenue,
     ClientRequest,
     Effect,
@@ -116,6 +115,7 @@ from workers.broker.reconcile import (
     fills_window_start,
     reconcile,
 )
+from workers.broker.retention import RETAIN_FINISHED
 from workers.broker.risk import manager as risk
 from workers.broker.risk import records as risk_records
 from workers.broker.risk.limits import RiskLimits

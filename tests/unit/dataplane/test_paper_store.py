@@ -88,7 +88,8 @@ def test_restored_orders_keep_their_time_priority_and_ids_are_not_reused(
     fills = [e.fill for e in events if hasattr(e, "fill")]
     makers = [(f.account, f.qty) for f in fills if f.account != "carol"]
     assert makers == [("alice", D(1)), ("bob", D("0.5"))]
-    assert second.engine.order("alice", "a1").status is OrderStatus.FILLED  # type: ignore[union-attr]
+    a1 = second.engine.order("alice", "a1")
+    assert a1 is not None and a1.status is OrderStatus.FILLED
     used = {o.order_id for a in USERS for o in first.engine.open_orders(a)} | {
         "P1", "P2", "P3", "P4"}
     assert second.engine.order("carol", "c2").order_id not in used  # type: ignore[union-attr]

@@ -31,7 +31,6 @@ from protocol.orders import (
     OrderStatus,
 )
 from workers.broker.orders import (
-    RETAIN_FINISHED,
     CancelAtVenue,
     ModifyAtVenue,
     OrderStateError,
@@ -42,6 +41,7 @@ from workers.broker.orders import (
 from workers.broker.orders import (
     Journal as TrackerJournal,
 )
+from workers.broker.retention import RETAIN_FINISHED
 from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import (
     Effect,

@@ -30,7 +30,8 @@ def test_finished_orders_past_the_limit_leave_only_their_ids() -> None:
     assert ledger.get("c1") is None and ledger.request_of("c1") is None
     assert ledger.retired("c1")
     assert ledger.get("c2") is not None and ledger.get("c3") is not None
-    assert ledger.get("open") is not None and ledger.get("open").is_working  # type: ignore[union-attr]
+    kept_open = ledger.get("open")
+    assert kept_open is not None and kept_open.is_working
     # The fills still count: the position is two orders' worth.
     assert desk.position() == 2
     desk.restart()  # rebuilt from the journal: the same kept orders, the same retired ids
@@ -54,7 +55,7 @@ def test_refusals_are_bounded_and_a_forgotten_refused_id_stays_taken() -> None:
         desk.place(order(cid))  # BTC/USD is not allowed: refused by the manager
     snapshot = desk.manager.snapshot()
     assert sorted(snapshot["refused"]) == ["r2", "r3"]
-    assert snapshot["orders"]["retired"] == ["r1"]
+    assert snapshot["orders"]["forgotten"] == ["r1"]
     again = desk.place(order("r1"))
     assert [type(e) for e in again] == [RefuseRequest]
     assert again[0].code is ErrorCode.DUPLICATE_ORDER  # type: ignore[union-attr]
@@ -69,7 +70,7 @@ def test_the_retained_state_survives_snapshot_and_restore() -> None:
         desk.fill(cid, "100")
     state = desk.manager.snapshot()
     assert state["orders"]["finished"] == ["c2", "c3"]
-    assert state["orders"]["retired"] == ["c1"]
+    assert state["orders"]["forgotten"] == ["c1"]
     restored = PositionManager.restore(orjson.loads(orjson.dumps(state)), SPECS)
     assert restored.snapshot() == state
     assert restored.orders.retired("c1")

@@ -103,7 +103,8 @@ from protocol.signals import (
     SignalAccepted,
     SignalRejected,
 )
-from workers.broker.orders import RETAIN_FINISHED, VenueRefused
+from workers.broker.orders import VenueRefused
+from workers.broker.retention import RETAIN_FINISHED, reused_id_message
 from workers.broker.risk import signals as sizing
 from workers.broker.risk.amounts import ZERO, plain
 from workers.broker.risk.exits import (
@@ -519,13 +520,7 @@ class PositionManager:
             return [SubmitOrder(order, session)]  # the tracker answers with its state
         if self.orders.retired(cid):
             return [
-                RefuseRequest(
-                    cid,
-                    ErrorCode.DUPLICATE_ORDER,
-                    f"client_order_id {cid!r} belongs to an order that finished long ago; "
-                    "choose a new one",
-                    session,
-                )
+                RefuseRequest(cid, ErrorCode.DUPLICATE_ORDER, reused_id_message(cid), session)
             ]
         if cid.startswith(ORDER_ID_PREFIX):
             return [

@@ -8,7 +8,6 @@ admitted (placed before it existed, found by reconciliation) is learnt from its 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,7 +27,7 @@ from protocol.orders import (
     OrderStatus,
     OrderType,
 )
-from workers.broker.orders import RETAIN_FINISHED
+from workers.broker.retention import RETAIN_FINISHED, Retention
 from workers.broker.risk.amounts import ZERO
 from workers.broker.risk.limits import WorkingOrder
 from workers.broker.risk.records import Origin
@@ -78,13 +77,9 @@ class OrderLedger:
     the finished ones let go past `retain_finished` (module docstring)."""
 
     def __init__(self, retain_finished: int = RETAIN_FINISHED) -> None:
-        if retain_finished < 1:
-            raise ValueError("retain_finished must be at least 1")
         self._orders: dict[str, TrackedOrder] = {}
         self._requests: dict[str, NewOrder] = {}
-        self._retain = retain_finished
-        self._finished: deque[str] = deque()  # kept finished orders, oldest first
-        self._retired: set[str] = set()
+        self._retention = Retention(retain_finished)
         # The working subset, oldest first: every limit check walks it, so it must not grow
         # with the account's history.
         self._working: dict[str, TrackedOrder] = {}
@@ -98,15 +93,13 @@ class OrderLedger:
     def _finish(self, order: TrackedOrder) -> None:
         """Count a newly finished order among those kept; let the oldest go past the limit."""
         order.finished = True
-        self._finished.append(order.client_order_id)
-        while len(self._finished) > self._retain:
-            self.retire(self._finished.popleft())
+        for oldest in self._retention.finished(order.client_order_id):
+            self._orders.pop(oldest, None)
+            self._requests.pop(oldest, None)
 
     def retire(self, client_order_id: str) -> None:
-        """Forget the order but for its client_order_id, which stays taken."""
-        self._orders.pop(client_order_id, None)
-        self._requests.pop(client_order_id, None)
-        self._retired.add(client_order_id)
+        """Keep only the id of an order never tracked here (one the manager refused)."""
+        self._retention.let_go(client_order_id)
 
     # ------------------------------------------------------------ changes
 
@@ -165,7 +158,7 @@ class OrderLedger:
         if isinstance(event, OrderSnapshot):
             return None  # a report, not a change
         order = self._orders.get(event.client_order_id)
-        if order is None and event.client_order_id in self._retired:
+        if order is None and self._retention.gone(event.client_order_id):
             # News of an order let go long after it finished: its fill still counts.
             return event.fill if isinstance(event, OrderPartiallyFilled | OrderFilled) else None
         if order is None:
@@ -202,7 +195,7 @@ class OrderLedger:
 
     def retired(self, client_order_id: str) -> bool:
         """Whether `client_order_id` belonged to an order let go (it cannot be used again)."""
-        return client_order_id in self._retired
+        return self._retention.gone(client_order_id)
 
     def working(self, instrument: str | None = None) -> Iterator[TrackedOrder]:
         """Orders that may still trade, oldest first; only `instrument`'s when given."""
@@ -253,15 +246,13 @@ class OrderLedger:
                     "request": None if request is None else request.model_dump(mode="json"),
                 }
             )
-        return {"orders": out, "retain_finished": self._retain, "finished": list(self._finished),
-                "retired": sorted(self._retired)}
+        return {"orders": out, **self._retention.snapshot()}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> OrderLedger:
-        ledger = cls(data["retain_finished"])
-        ledger._finished.extend(data["finished"])
-        ledger._retired.update(data["retired"])
-        finished = set(data["finished"])
+        ledger = cls()
+        ledger._retention = Retention.restore(data)
+        finished = ledger._retention.kept_finished()
         for d in data["orders"]:
             modify = d["modify"]
             ledger._orders[d["client_order_id"]] = TrackedOrder(

@@ -51,7 +51,6 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.adapters.paper.candles import CandleBuilder
 from workers.broker.adapters.paper.config import PaperConfig
-from workers.broker.adapters.paper.store import PaperStore
 from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine, OrderRefused
 from workers.broker.adapters.paper.marketdata import (
     RandomWalkMarket,
@@ -60,6 +59,7 @@ from workers.broker.adapters.paper.marketdata import (
     ReplayMarket,
     read_recording,
 )
+from workers.broker.adapters.paper.store import PaperStore
 
 log = structlog.get_logger(__name__)
 
@@ -192,7 +192,8 @@ class PaperVenue:
             events = self._replay.advance(self.now())
         else:
             events = []
-        self._dispatch(events, self._walk.mids() if self._walk is not None else None)
+        walk = self._walk if self._store is not None else None  # mids are kept for the store
+        self._dispatch(events, walk.mids() if walk is not None else None)
         return events
 
     # ------------------------------------------------------------ accounts and orders

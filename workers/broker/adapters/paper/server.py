@@ -7,10 +7,10 @@ The exchange is a venue, like Kraken: it is not a worker, it outlives the Broker
 trade on it, and its ledger is the ground truth the platform is checked against. Its accounts
 (books, orders, fills) are durable in `D/paper/exchange.sqlite` (`store.PaperStore`): a
 restart, kill -9 included, carries on where the last process stopped; the market's synthetic
-liquidity starts afresh around the last prices. The fleet config's `[paper]` table is validated as
-`PaperConfig` (an invalid key is reported as `paper.<key>`, exit status 2). Once listening, the
-URL is written atomically to `D/run/paper.url` and announced on stdout as one JSON line
-`{"event": "listening", "url": ...}`.
+liquidity starts afresh around the last prices. The fleet config's `[paper]` table is
+validated as `PaperConfig` (an invalid key is reported as `paper.<key>`, exit status 2). Once
+listening, the URL is written atomically to `D/run/paper.url` and announced on stdout as one
+JSON line `{"event": "listening", "url": ...}`.
 
 Protocol (version 1; only `RemotePaperAdapter` speaks it)
 =========================================================

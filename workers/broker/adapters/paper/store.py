@@ -33,7 +33,7 @@ from protocol.orders import (
     OrderType,
     TimeInForce,
 )
-from tradefleet.service.walcheckpoint import WAL_SIZE_LIMIT, Checkpointer
+from tradefleet.service.walcheckpoint import Checkpointer
 from workers.broker.adapters.paper.book import RestingOrder
 from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine
 
@@ -91,10 +91,8 @@ class PaperStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         # Every commit is in the OS's hands before `record` returns: kill -9 loses nothing.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")  # never inside an order's write
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._db.executescript(SCHEMA)
-        self._checkpointer = Checkpointer(path)
+        self._checkpointer = Checkpointer.take_over(self._db, path)  # never inside a write
         self._mids: dict[str, int] = {}
         self._counters = (0, 0)
 
