@@ -90,6 +90,8 @@ class MatchingEngine:
         self._books = {name: OrderBook(name) for name in self.specs}
         self._quotes = {name: split_instrument(name)[1] for name in self.specs}
         self._orders: dict[tuple[str, str], RestingOrder] = {}
+        # Each account's working orders, oldest first: open_orders need not scan finished ones.
+        self._working: dict[str, dict[str, RestingOrder]] = {}
         self._fills: dict[str, list[Fill]] = {}
         self._last_ticker: dict[str, tuple[Any, ...]] = {}
         self._next_order = 0
@@ -110,6 +112,7 @@ class MatchingEngine:
         of orders a step."""
         self.ledger.open_account(account, cash or {})
         self._fills[account] = []
+        self._working[account] = {}
         if quiet:
             self._quiet.add(account)
 
@@ -125,11 +128,7 @@ class MatchingEngine:
 
     def open_orders(self, account: str) -> list[OrderSnapshot]:
         """Working orders of `account`, oldest first."""
-        return [
-            self._snapshot(o)
-            for (acc, _), o in self._orders.items()
-            if acc == account and not o.status.is_terminal
-        ]
+        return [self._snapshot(o) for o in self._working.get(account, {}).values()]
 
     def fills(self, account: str, since_ts: int = 0) -> list[Fill]:
         """Fills of `account` with ts >= since_ts, oldest first."""
@@ -154,6 +153,8 @@ class MatchingEngine:
         place in time priority among them."""
         for order in sorted(orders, key=lambda o: o.queued):
             self._orders[(order.account, order.client_order_id)] = order
+            if not order.status.is_terminal:
+                self._working[order.account][order.client_order_id] = order
             if order.leaves and order.price is not None:
                 self._books[order.instrument].side(order.side).append(order)
         for account, account_fills in fills.items():
@@ -256,6 +257,7 @@ class MatchingEngine:
             created_ts=ts,
         )
         self._orders[(order.account, order.client_order_id)] = order
+        self._working[order.account][order.client_order_id] = order
         book = self._books[order.instrument]
         events: list[EngineEvent] = []
         self._acknowledge(order, OrderAccepted, ts, events)
@@ -397,9 +399,10 @@ class MatchingEngine:
         self.ledger.apply_fill(order.account, book.instrument, quote, order.side, qty, price, fee)
         order.filled = EXACT.add(order.filled, qty)
         order.notional = EXACT.add(order.notional, EXACT.multiply(price, qty))
-        order.status = (
-            OrderStatus.FILLED if order.filled == order.qty else OrderStatus.PARTIALLY_FILLED
-        )
+        if order.filled == order.qty:
+            self._finished(order, OrderStatus.FILLED)
+        else:
+            order.status = OrderStatus.PARTIALLY_FILLED
         self._next_fill += 1
         fill = Fill(
             fill_id=f"F{self._next_fill}",
@@ -448,8 +451,13 @@ class MatchingEngine:
         if resting:
             book.side(order.side).remove(order)
             book.touch(order.side, order.price)  # type: ignore[arg-type]
-        order.status = OrderStatus.CANCELLED
+        self._finished(order, OrderStatus.CANCELLED)
         self._acknowledge(order, OrderCancelled, ts, events, reason=reason)
+
+    def _finished(self, order: RestingOrder, status: OrderStatus) -> None:
+        """`order` ends with `status` (filled or cancelled): it no longer works."""
+        order.status = status
+        del self._working[order.account][order.client_order_id]
 
     def _acknowledge(self, order: RestingOrder, kind: Callable[..., EngineEvent], ts: int,
                      events: list[EngineEvent], **extra: Any) -> None:
