@@ -120,6 +120,13 @@ class AccountSection(Section):
                     "is answered with the order's last state, read from the journal, which "
                     "keeps every order. Bounds the Broker's memory (about 4 KB per order kept) "
                     "however long the account trades.")
+    snapshot_after_entries: int = Field(
+        20_000, ge=100,
+        description="Journal entries (about five per order placed and cancelled) after which "
+                    "the account's state is stored again as a snapshot, by a side process "
+                    "while the Broker runs: a Broker that takes the account over replays at "
+                    "most about this many entries (about 20 us each), however long the "
+                    "journal is.")
 
 
 class CustomerSection(Section):

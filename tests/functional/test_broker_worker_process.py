@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ desired = 1
 [accounts.paper-1]
 venue = "paper"
 retain_finished_orders = 100
+snapshot_after_entries = 100
 [customers.demo]
 accounts = ["paper-1"]
 [paper]
@@ -235,6 +237,70 @@ async def test_a_repeat_of_an_order_the_owner_let_go_is_answered_from_the_journa
         info = (await response.json())["info"]
     assert (info["orders"], info["orders_in_memory"], info["open_orders"]) == (101, 100, 0)
     await ws.close()
+
+
+async def test_snapshots_stored_while_the_owner_runs_bound_what_a_replacement_replays(
+        broker_manager: str, data_dir: Path, http: aiohttp.ClientSession) -> None:
+    async def owner() -> dict[str, Any] | None:
+        async with http.get(broker_manager + "/v1/accounts", headers=AUTH) as response:
+            entry = (await response.json())["accounts"]["paper-1"]
+        return entry if entry and entry["ready"] else None
+
+    first = await until(owner, "an owner of paper-1")
+    ws, _ = await open_link(http, first["url"])
+
+    async def answer(cid: str, kind: str) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            while True:
+                frame = orjson.loads((await ws.receive()).data)
+                event = frame.get("event", {})
+                if (event.get("client_order_id"), event.get("type")) == (cid, kind):
+                    return event  # type: ignore[no-any-return]
+
+    # The config stores a snapshot every 100 entries; 60 orders placed and cancelled are ~300.
+    for i in range(60):
+        await ws.send_bytes(route(sell(f"c{i}", "61000")))
+        await answer(f"c{i}", "order_accepted")
+        await ws.send_bytes(route({"type": "cancel_order", "client_order_id": f"c{i}",
+                                   "account": "paper-1"}))
+        await answer(f"c{i}", "order_cancelled")
+    await ws.send_bytes(route(sell("kept", "62000")))
+    await answer("kept", "order_accepted")
+
+    async def stored() -> dict[str, Any] | None:
+        async with http.get(first["url"] + "/v1/status") as response:
+            status = await response.json()
+        snapshot = status["info"]["snapshot"]
+        return status if snapshot["stored"] and not snapshot["storing"] else None
+
+    status = await until(stored, "a snapshot stored by the side process")
+    taken = status["info"]["snapshot"]["seq"]
+    assert taken >= 100 and status["info"]["rebuilt"] == {"snapshot_seq": 0, "replayed": 0}
+    os.kill(status["pid"], signal.SIGKILL)
+    await ws.receive(timeout=10)
+
+    async def replacement() -> dict[str, Any] | None:
+        entry = await owner()
+        return entry if entry and entry["worker_id"] != first["worker_id"] else None
+
+    second = await until(replacement, "a new owner of paper-1")
+    async with http.get(second["url"] + "/v1/status") as response:
+        info = (await response.json())["info"]
+    # It started from the snapshot and replayed exactly the entries after it, up to its claim.
+    with sqlite3.connect(data_dir / "journal" / "paper-1.sqlite") as db:
+        (after,) = db.execute(
+            "SELECT COUNT(*) FROM entries WHERE seq > ? AND seq < (SELECT MIN(seq) FROM "
+            "entries WHERE kind = 'owner' AND epoch = ?)", (taken, second["epoch"])).fetchone()
+    assert info["rebuilt"] == {"snapshot_seq": taken, "replayed": after} and after < 200
+    assert (info["orders"], info["open_orders"], info["orders_in_memory"]) == (61, 1, 61)
+    ws2, _ = await open_link(http, second["url"])
+    ws = ws2  # `answer` reads from the new link
+    await ws2.send_bytes(route(sell("c0", "61000")))  # a repeat: the same order, not a new one
+    again = await answer("c0", "order_snapshot")
+    assert again["status"] == "cancelled"
+    await ws2.send_bytes(route(sell("next", "63000")))
+    assert (await answer("next", "order_accepted"))["seq"] == 122  # 60 x 2 + kept + next
+    await ws2.close()
 
 
 # ---------------------------------------------------------------- the fleet-wide kill switch

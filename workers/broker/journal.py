@@ -44,10 +44,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_session ON entries(session_id, session
 -- it; costs an event append a few us.
 CREATE INDEX IF NOT EXISTS entries_order ON entries(json_extract(payload, '$.client_order_id'))
     WHERE kind = 'event';
--- The owner's state as of entry `seq` (its books and position manager), so that a new owner
--- replays only the entries after it. Derived data: the entries stay the record.
-CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, ts REAL NOT NULL,
-                                      epoch INTEGER NOT NULL, state BLOB NOT NULL);
+-- Snapshots of the owner's state were kept here once; they have a file of their own now
+-- (`workers.broker.snapshots`), which another process can write without taking this one's
+-- write lock. Derived data: dropping them loses nothing.
+DROP TABLE IF EXISTS snapshots;
 """
 
 LAST_ORDER_EVENT = (
@@ -75,7 +75,60 @@ class Entry:
     payload: dict[str, Any]
 
 
-class Journal:
+class JournalReader:
+    """Reads an account's journal without claiming it (WAL: while its owner appends). Each
+    query sees the journal as of its start, so `entries()` read to the end is a consistent
+    prefix."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise JournalError(f"no journal at {path}")
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=10,
+                                   check_same_thread=False)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def owner_epoch(self) -> int | None:
+        """The epoch that owns the journal now (None before the first claim)."""
+        row = self._db.execute("SELECT epoch FROM owner WHERE id = 1").fetchone()
+        return None if row is None else int(row[0])
+
+    def entries(self, after_seq: int = 0, kinds: tuple[str, ...] | None = None
+                ) -> Iterator[Entry]:
+        """Entries with `seq > after_seq`, oldest first (optionally only some kinds)."""
+        query = "SELECT seq, ts, kind, epoch, session_id, session_seq, payload FROM entries " \
+                "WHERE seq > ?"
+        params: list[Any] = [after_seq]
+        if kinds:
+            query += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params += list(kinds)
+        for row in self._db.execute(query + " ORDER BY seq", params):
+            yield Entry(row[0], row[1], row[2], row[3], row[4], row[5], orjson.loads(row[6]))
+
+    def last_seq(self) -> int:
+        """The seq of the newest entry (0 for none)."""
+        row = self._db.execute("SELECT MAX(seq) FROM entries").fetchone()
+        return int(row[0] or 0)
+
+    def last_order_event(self, client_order_id: str) -> Entry | None:
+        """The latest `event` entry of the order `client_order_id`, or None (by index)."""
+        row = self._db.execute(LAST_ORDER_EVENT, (client_order_id,)).fetchone()
+        if row is None:
+            return None
+        return Entry(row[0], row[1], row[2], row[3], row[4], row[5], orjson.loads(row[6]))
+
+    def session_entries(self, session_id: str, after_session_seq: int = 0) -> list[Entry]:
+        """A session's entries with `session_seq > after_session_seq`, in order (for resume)."""
+        rows = self._db.execute(
+            "SELECT seq, ts, kind, epoch, session_id, session_seq, payload FROM entries "
+            "WHERE session_id = ? AND session_seq > ? ORDER BY session_seq",
+            (session_id, after_session_seq))
+        return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6])) for r in rows]
+
+
+class Journal(JournalReader):
     """Append-only journal of one account, owned by the worker that claimed it last."""
 
     def __init__(self, path: Path, worker_id: str, epoch: int, *,
@@ -163,60 +216,3 @@ class Journal:
             self._session_seqs[session_id] = session_seq
         return Entry(int(cursor.lastrowid or 0), ts, kind, self.epoch, session_id, session_seq,
                      payload)
-
-    def entries(self, after_seq: int = 0, kinds: tuple[str, ...] | None = None
-                ) -> Iterator[Entry]:
-        """Entries with `seq > after_seq`, oldest first (optionally only some kinds)."""
-        query = "SELECT seq, ts, kind, epoch, session_id, session_seq, payload FROM entries " \
-                "WHERE seq > ?"
-        params: list[Any] = [after_seq]
-        if kinds:
-            query += f" AND kind IN ({','.join('?' * len(kinds))})"
-            params += list(kinds)
-        for row in self._db.execute(query + " ORDER BY seq", params):
-            yield Entry(row[0], row[1], row[2], row[3], row[4], row[5], orjson.loads(row[6]))
-
-    def write_snapshot(self, seq: int, state: dict[str, Any]) -> None:
-        """Store the owner's `state` as of entry `seq`, replacing older snapshots. Raises
-        `JournalFenced` (writing nothing) if a newer owner holds the journal."""
-        body = orjson.dumps(state)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = self._db.execute(
-                "INSERT OR REPLACE INTO snapshots SELECT ?,?,?,? "
-                "WHERE (SELECT epoch FROM owner WHERE id = 1) = ?",
-                (seq, time.time(), self.epoch, body, self.epoch))
-            if cursor.rowcount != 1:
-                raise JournalFenced(f"journal {self.path.name} belongs to a newer owner than "
-                                    f"epoch {self.epoch}; no snapshot written")
-            self._db.execute("DELETE FROM snapshots WHERE seq < ?", (seq,))
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
-        """The newest snapshot as (seq it covers, state), or None."""
-        row = self._db.execute(
-            "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
-        return None if row is None else (row[0], orjson.loads(row[1]))
-
-    def last_seq(self) -> int:
-        """The seq of the newest entry (0 for none)."""
-        row = self._db.execute("SELECT MAX(seq) FROM entries").fetchone()
-        return int(row[0] or 0)
-
-    def last_order_event(self, client_order_id: str) -> Entry | None:
-        """The latest `event` entry of the order `client_order_id`, or None (by index)."""
-        row = self._db.execute(LAST_ORDER_EVENT, (client_order_id,)).fetchone()
-        if row is None:
-            return None
-        return Entry(row[0], row[1], row[2], row[3], row[4], row[5], orjson.loads(row[6]))
-
-    def session_entries(self, session_id: str, after_session_seq: int = 0) -> list[Entry]:
-        """A session's entries with `session_seq > after_session_seq`, in order (for resume)."""
-        rows = self._db.execute(
-            "SELECT seq, ts, kind, epoch, session_id, session_seq, payload FROM entries "
-            "WHERE session_id = ? AND session_seq > ? ORDER BY session_seq",
-            (session_id, after_session_seq))
-        return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6])) for r in rows]

@@ -7,15 +7,17 @@ through an `Outbox` (the Broker worker's links; a list in tests).
 Lifecycle (`open()`):
   1. claim the account journal with this worker's epoch (`JournalFenced` → refused);
   2. rebuild the books by replaying the journal: from its newest snapshot on, when there is
-     one made under the same config (and, after a long replay, store a new one once the
-     position manager is rebuilt too, at step 3);
+     one made under the same config (`workers.broker.snapshots`; after a long replay, store
+     a new one once the position manager is rebuilt too, at step 3);
   3. connect the venue adapter and read the instruments;
   4. reconcile with the venue (`workers.broker.reconcile`), journaling and emitting what the
      venue did meanwhile, re-sending young intents the venue never saw; then compare the
      position manager's positions with the venue's and correct any difference to the
      venue's (journaled `position_corrected`, logged, an operator event) — also after every
      venue reconnect;
-  5. only then take requests, and consume the venue's events.
+  5. only then take requests, and consume the venue's events. Every `snapshot_after_entries`
+     entries from then on, a side process (`workers.broker.snapshotter`) stores a new
+     snapshot, so a takeover never replays more than about that many entries.
 
 The position manager (`workers.broker.risk`) sits in front of the order tracker: every
 new_order and modify_order from a session, and every `signal`, goes through
@@ -46,6 +48,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -86,6 +89,7 @@ from protocol.orders import (
 )
 from protocol.session import Error, ProtocolError, parse_client_message
 from protocol.signals import Signal
+from tradefleet.service.session_tokens import TRADER_TAG
 from workers.broker import account as entries
 from workers.broker.account import AccountBook, stamped_event
 from workers.broker.adapters.base import (
@@ -121,7 +125,17 @@ from workers.broker.risk import records as risk_records
 from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.records import RISK_RECORD, OrderRefused
 from workers.broker.rules import RuleViolation, check_modify, check_new_order
-from tradefleet.service.session_tokens import TRADER_TAG
+from workers.broker.snapshots import (
+    RISK,
+    SNAPSHOT_AFTER_ENTRIES,
+    SnapshotFenced,
+    note_customer,
+    rebuild_books,
+    snapshot_config,
+    snapshot_path,
+    state_of,
+    write_snapshot,
+)
 from workers.broker.streams import StreamKey
 
 log = structlog.get_logger(__name__)
@@ -130,11 +144,7 @@ MARKET_EVENTS = (Ticker, Trade, BookSnapshot, BookDelta, Candle)
 VENUE_ATTEMPTS = 3
 MAX_RETRY_WAIT_S = 1.0
 READY_WAIT_S = 10.0
-RISK = "risk"  # journal kind of the position manager's records
-SNAPSHOT_AFTER_ENTRIES = 20_000
-"""A new owner that replayed this many entries or more stores a snapshot once it has rebuilt,
-so that the next one replays only the entries after it (about 20 us each)."""
-SNAPSHOT_FORMAT = 1  # of the snapshot's state; another format is not used
+SNAPSHOT_TIMEOUT_S = 300.0  # a side process storing a snapshot is killed after this
 CLOCK_TICK_S = 1.0
 EQUITY_EVERY_TICKS = 10
 FIRST_PRICE_WAIT_S = 2.0
@@ -242,6 +252,11 @@ class AccountOwner:
         # How the books were rebuilt on open: from the snapshot at this seq (0: none), then
         # this many entries replayed.
         self.rebuilt: dict[str, int] = {}
+        # The newest snapshot stored (by this owner or before it), and the side process that
+        # stores the next one while the owner runs (`_snapshot_in_background`).
+        self.snapshot_seq = 0
+        self.snapshots_stored = 0
+        self._snapshotter: asyncio.Task[None] | None = None
         self._journal_path = journal_path
         self._adapter_factory = adapter_factory
         self._outbox = outbox
@@ -301,19 +316,18 @@ class AccountOwner:
             raise OwnerError(f"cannot open the journal of {self.account}: {exc}") from exc
         try:
             with collector_paused():
-                base = self._restore_snapshot()
-                after = base[0] if base is not None else 0
-                journaled = list(self._journal.entries(after_seq=after))
-                parsed: list[Any] = []  # each entry's tracker input, for the risk replay below
-                read = self.book.rebuild(journaled, parsed)
-                for entry in journaled:
-                    self._note_customer(entry)
+                rebuilt = rebuild_books(self.account, self._clock, self._journal,
+                                        snapshot_path(self._journal_path),
+                                        self._snapshot_config(), self._log)
+            self.book, self._customers = rebuilt.book, rebuilt.customers
             for problem in self.book.rebuild_errors:
                 self._log.error("journal_entry_refused_on_rebuild", problem=problem)
             claimed = self._append(entries.OWNER, {"worker_id": self.worker_id,
                                                    "epoch": self.epoch})
-            self.rebuilt = {"snapshot_seq": after, "replayed": read}
-            self._log.info("journal_claimed", entries=read, snapshot_seq=after,
+            read = len(rebuilt.journaled)
+            self.snapshot_seq = rebuilt.snapshot_seq
+            self.rebuilt = {"snapshot_seq": rebuilt.snapshot_seq, "replayed": read}
+            self._log.info("journal_claimed", entries=read, snapshot_seq=rebuilt.snapshot_seq,
                            orders=self.book.orders)
             self._adapter = self._adapter_factory(self.account)
             self.venue = self._adapter.venue
@@ -321,11 +335,13 @@ class AccountOwner:
             self.instruments = await self._adapter.instruments()
             self._specs = {spec.instrument: spec for spec in self.instruments}
             with collector_paused():
-                self.risk = self._rebuild_risk(journaled, parsed,
-                                               base[1] if base is not None else None)
+                self.risk = rebuilt.position_manager(self.account, self._limits, self._specs,
+                                                     self._retain_finished)
+                for problem in rebuilt.errors:
+                    self._log.error("risk_entry_refused_on_rebuild", problem=problem)
                 if read >= self._snapshot_after and self._journal.last_seq() == claimed.seq:
                     self._write_snapshot(claimed.seq)
-            del journaled, parsed, base
+            del rebuilt
             await self._reconcile()
             await self._run_risk(self.risk.resume(self._clock()), None)
             # Subscribed, not waited for: the venue's events are read from the end of open()
@@ -350,33 +366,10 @@ class AccountOwner:
     # ------------------------------------------------------------ snapshots
 
     def _snapshot_config(self) -> dict[str, Any]:
-        """What shapes the rebuilt state besides the entries: a snapshot made under another
-        config (or by another format) is not used, the whole journal is replayed instead."""
-        return {"format": SNAPSHOT_FORMAT, "retain_finished": self._retain_finished,
-                "limits": self._limits.model_dump(mode="json")}
+        return snapshot_config(self._retain_finished, self._limits)
 
-    def _restore_snapshot(self) -> tuple[int, risk.PositionManager] | None:
-        """Books and customers from the journal's newest usable snapshot, and its position
-        manager (without instrument specs yet); None, and nothing changed, when there is
-        none, it was made under another config, or it cannot be read."""
-        assert self._journal is not None
-        try:
-            found = self._journal.latest_snapshot()
-            if found is None:
-                return None
-            seq, state = found
-            if state.get("config") != self._snapshot_config():
-                self._log.info("journal_snapshot_skipped", seq=seq, reason="config changed")
-                return None
-            book = AccountBook.restore(self.account, self._clock, state["book"])
-            manager = risk.PositionManager.restore(state["risk"], {})
-            customers = {str(k): str(v) for k, v in state["customers"].items()}
-        except Exception:  # noqa: BLE001 - a snapshot only saves time: replay everything
-            self._log.exception("journal_snapshot_unreadable")
-            return None
-        self.book = book
-        self._customers = customers
-        return seq, manager
+    def _still_owner(self) -> bool:
+        return self._journal is not None and self._journal.owner_epoch() == self.epoch
 
     def _write_snapshot(self, seq: int) -> None:
         """Store the books and the position manager as of entry `seq` (nothing appended
@@ -384,17 +377,57 @@ class AccountOwner:
         assert self._journal is not None and self.risk is not None
         started = time.monotonic()
         try:
-            self._journal.write_snapshot(seq, {
-                "config": self._snapshot_config(), "book": self.book.snapshot(),
-                "risk": self.risk.snapshot(), "customers": self._customers})
-        except JournalFenced as exc:
+            write_snapshot(snapshot_path(self._journal_path), seq, self.epoch,
+                           state_of(self._snapshot_config(), self.book, self.risk,
+                                    self._customers), self._still_owner)
+        except SnapshotFenced as exc:
             self._stop(OwnerState.FENCED, str(exc))
             raise OwnerStopped(str(exc)) from exc
         except Exception:  # noqa: BLE001 - the next owner replays more, nothing is lost
             self._log.exception("journal_snapshot_failed", seq=seq)
             return
+        self.snapshot_seq = max(self.snapshot_seq, seq)
+        self.snapshots_stored += 1
         self._log.info("journal_snapshot_written", seq=seq,
                        ms=round((time.monotonic() - started) * 1000, 1))
+
+    def _maybe_snapshot(self, seq: int) -> None:
+        """Once `snapshot_after_entries` entries have come since the last snapshot, have a
+        side process store a new one: it replays the journal from that snapshot on, in a
+        process (and on a core) of its own, so the event loop never stops for it."""
+        if (self._snapshotter is None and self.state is OwnerState.READY
+                and seq - self.snapshot_seq >= self._snapshot_after):
+            self._snapshotter = asyncio.create_task(self._snapshot_in_background(seq),
+                                                    name=f"snapshot:{self.account}")
+
+    async def _snapshot_in_background(self, seq: int) -> None:
+        job = orjson.dumps({"journal": str(self._journal_path), "account": self.account,
+                            "epoch": self.epoch, "retain_finished": self._retain_finished,
+                            "limits": self._limits.model_dump(mode="json")})
+        process = None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "workers.broker.snapshotter",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(process.communicate(job), SNAPSHOT_TIMEOUT_S)
+            result = orjson.loads(out.splitlines()[-1]) if out.strip() else {}
+            if process.returncode != 0 or "seq" not in result:
+                raise RuntimeError(f"exit {process.returncode}: {result.get('error', out[-300:])}")
+            self.snapshot_seq = max(self.snapshot_seq, int(result["seq"]))
+            self.snapshots_stored += bool(result.get("stored"))
+            self._log.info("journal_snapshot_written", in_background=True, **result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next owner replays more, nothing is lost
+            # Try again after as many entries again, not on the next append.
+            self.snapshot_seq = max(self.snapshot_seq, seq)
+            self._log.warning("journal_snapshot_failed", in_background=True, error=str(exc))
+        finally:
+            if process is not None and process.returncode is None:
+                process.kill()
+                with contextlib.suppress(Exception):
+                    await process.wait()
+            self._snapshotter = None
 
     async def _connect(self) -> None:
         assert self._adapter is not None
@@ -418,12 +451,12 @@ class AccountOwner:
         if self.state not in (OwnerState.FENCED, OwnerState.FAILED):
             self.state = final
         self._ready.clear()
-        for task in (self._ticker, self._consumer):
+        for task in (self._ticker, self._consumer, self._snapshotter):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, 5)
-        self._ticker = self._consumer = None
+        self._ticker = self._consumer = self._snapshotter = None
         adapter, self._adapter = self._adapter, None
         if adapter is not None:
             with contextlib.suppress(Exception):
@@ -460,17 +493,9 @@ class AccountOwner:
             self._stop(OwnerState.FAILED, f"journal append failed: {exc!r}")
             raise OwnerStopped(str(exc)) from exc
         self.book.observe(entry, item)
-        self._note_customer(entry)
+        note_customer(self._customers, entry)
+        self._maybe_snapshot(entry.seq)
         return entry
-
-    def _note_customer(self, entry: Entry) -> None:
-        if entry.kind in (entries.REQUEST, RISK) and entry.payload.get("customer"):
-            session = entry.payload.get("session_id") or entry.session_id
-            record = entry.payload.get("record")
-            if session is None and isinstance(record, dict):
-                session = record.get("session_id")
-            if isinstance(session, str):
-                self._customers[session] = entry.payload["customer"]
 
     def _notable(self, event: str, message: str, **detail: Any) -> None:
         if self._on_notable is None:
@@ -979,29 +1004,6 @@ class AccountOwner:
             raise OwnerStopped(self.error or "the owner has stopped")
         return self.risk
 
-    def _rebuild_risk(self, journaled: list[Entry], parsed: list[Any],
-                      base: risk.PositionManager | None = None) -> risk.PositionManager:
-        """A position manager, fresh or the one a snapshot gave (`base`), with the journal's
-        risk records, order events and venue refusals after that replayed into it, in journal
-        order. `parsed` holds each entry's tracker input, as the book's rebuild read it."""
-        if base is not None:
-            base.specs = dict(self._specs)  # the venue's, known only now
-        manager = base if base is not None else risk.PositionManager(
-            self.account, self._limits, self._specs, retain_finished=self._retain_finished)
-        for entry, item in zip(journaled, parsed, strict=True):
-            try:
-                if entry.kind == RISK:
-                    manager.replay(RISK_RECORD.validate_python(entry.payload["record"]))
-                elif entry.kind in (entries.EVENT, entries.REFUSED):
-                    if isinstance(item, VenueRefused) and item.action == "place":
-                        continue  # the tracker journals the rejection that follows
-                    if item is not None and not isinstance(item, NewOrder | CancelOrder
-                                                           | ModifyOrder):
-                        manager.replay(item)
-            except Exception as exc:  # noqa: BLE001 - one bad entry must not lose the rest
-                self._log.error("risk_entry_refused_on_rebuild", seq=entry.seq, error=repr(exc))
-        return manager
-
     async def _run_risk(self, effects: list[risk.Effect], requester: _Requester | None) -> None:
         """Carry out the position manager's effects. Its journal records are appended first,
         all of them, so nothing it decided is acted on before it is durable."""
@@ -1226,6 +1228,8 @@ class AccountOwner:
             "orders": self.book.orders,
             "orders_in_memory": self.book.tracker.kept,  # bounded: retain_finished_orders
             "rebuilt": self.rebuilt,
+            "snapshot": {"seq": self.snapshot_seq, "stored": self.snapshots_stored,
+                         "storing": self._snapshotter is not None},
             "fills": self.book.fills,
             "positions": {k: str(v) for k, v in sorted(self.book.positions().items())},
             "recent_fills": list(self.recent_fills),

@@ -162,6 +162,7 @@ class BrokerService(WorkerService):
                 clock=self._clock,
                 limits=self.ctx.config.accounts[account].risk,
                 retain_finished=self.ctx.config.accounts[account].retain_finished_orders,
+                snapshot_after_entries=self.ctx.config.accounts[account].snapshot_after_entries,
                 on_notable=self._on_notable,
             )
             structlog.contextvars.bind_contextvars(account=account)

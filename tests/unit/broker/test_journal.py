@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -10,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradefleet.service.walcheckpoint import WAL_SIZE_LIMIT
-from workers.broker.journal import LAST_ORDER_EVENT, Journal, JournalFenced
+from workers.broker.journal import (
+    LAST_ORDER_EVENT,
+    Journal,
+    JournalError,
+    JournalFenced,
+    JournalReader,
+)
 
 
 def test_entries_survive_reopen_in_order(tmp_path: Path) -> None:
@@ -155,20 +162,28 @@ def test_an_orders_last_event_is_found_by_index_also_in_a_journal_older_than_it(
     again.close()
 
 
-def test_a_snapshot_replaces_older_ones_and_a_fenced_owner_cannot_write_one(
+def test_a_reader_follows_the_owner_without_claiming_and_old_snapshot_tables_go(
         tmp_path: Path) -> None:
     path = tmp_path / "a.sqlite"
+    with sqlite3.connect(path) as db:  # a journal from before snapshots had a file of their own
+        db.execute("CREATE TABLE snapshots (seq INTEGER PRIMARY KEY, state BLOB)")
     j = Journal(path, "b", epoch=1)
-    assert j.latest_snapshot() is None
+    assert j._db.execute("SELECT name FROM sqlite_master WHERE name = 'snapshots'"
+                         ).fetchone() is None
+    reader = JournalReader(path)
+    assert reader.owner_epoch() == 1 and reader.last_seq() == 0
     j.append("event", {"client_order_id": "c1"}, "s1")
-    j.write_snapshot(1, {"books": [1]})
+    rows = reader.entries()
+    first = next(rows)  # a read in progress sees the journal as of its start ...
     j.append("event", {"client_order_id": "c2"}, "s1")
-    j.write_snapshot(2, {"books": [1, 2]})
-    assert j.latest_snapshot() == (2, {"books": [1, 2]}) and j.last_seq() == 2
-    assert j._db.execute("SELECT COUNT(*) FROM snapshots").fetchone() == (1,)
-    newer = Journal(path, "b2", epoch=2)
-    with pytest.raises(JournalFenced):
-        j.write_snapshot(2, {"books": "from a zombie"})
-    assert newer.latest_snapshot() == (2, {"books": [1, 2]})
-    newer.close()
+    assert [first.seq, *(e.seq for e in rows)] == [1]
+    assert [e.seq for e in reader.entries()] == [1, 2]  # ... the next one sees the append
+    assert reader.last_order_event("c2") is not None
+    Journal(path, "b2", epoch=2).close()
+    assert reader.owner_epoch() == 2
+    with pytest.raises(JournalFenced):  # reading never claimed: epoch 1 is fenced by 2 only
+        j.append("event", {"client_order_id": "c3"})
+    reader.close()
     j.close()
+    with pytest.raises(JournalError):
+        JournalReader(tmp_path / "missing.sqlite")

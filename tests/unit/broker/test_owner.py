@@ -33,6 +33,7 @@ from workers.broker.owner import AccountOwner, OwnerError, OwnerState
 from workers.broker.risk import manager as risk
 from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.records import KillScope
+from workers.broker.snapshots import read_snapshot, snapshot_path, write_snapshot
 from workers.broker.streams import StreamKey
 
 D = Decimal
@@ -158,9 +159,7 @@ class Owners:
         return owner, outbox
 
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
-        with sqlite3.connect(self.path) as db:
-            row = db.execute("SELECT seq, state FROM snapshots").fetchone()
-        return None if row is None else (row[0], orjson.loads(row[1]))
+        return read_snapshot(snapshot_path(self.path))
 
     def rows(self) -> list[tuple[str, str | None, int, dict[str, Any]]]:
         """The journal's entries with their own seq (where `journal()` gives session seqs)."""
@@ -461,8 +460,7 @@ async def test_a_new_owner_starts_from_the_last_snapshot_and_ends_where_a_full_r
     assert 0 < third.rebuilt["replayed"] < stored[0]
     assert owners.snapshot() == stored  # nothing new written below the threshold
     # ... and ends where a replay of the whole journal ends.
-    with sqlite3.connect(owners.path) as db:
-        db.execute("DELETE FROM snapshots")
+    snapshot_path(owners.path).unlink()
     whole, _ = await owners.open(4, retain_finished=2, snapshot_after_entries=10**9)
     assert whole.rebuilt["snapshot_seq"] == 0
     for owner in (third, whole):
@@ -474,8 +472,44 @@ async def test_a_new_owner_starts_from_the_last_snapshot_and_ends_where_a_full_r
     assert third.book.tracker.forgotten("c1")
 
 
+async def test_a_running_owner_has_a_side_process_store_snapshots_a_takeover_starts_from(
+        owners: Owners, venue: PaperVenue, counterparty: PaperAdapter) -> None:
+    first, out = await owners.open(1, retain_finished=2, snapshot_after_entries=12)
+    assert first.rebuilt == {"snapshot_seq": 0, "replayed": 0} and owners.snapshot() is None
+    await first.route("s1", "cust", new_order("rest", price="31000"))
+    for cid in ("c1", "c2", "c3", "c4"):
+        await first.route("s1", "cust", new_order(cid, price="32000"))
+        await first.route("s1", "cust", {"type": "cancel_order", "client_order_id": cid,
+                                         "account": "acct"})
+    await first.route("s1", "cust", new_order("sold", qty="0.5", price="30000"))
+    await counterparty.place_order(cross("x1", qty="0.5"))
+    await out.wait_for(lambda: "order_filled" in types(out.order_events()))
+
+    async def stored() -> None:  # the side process runs on its own; the owner goes on
+        while first.snapshots_stored == 0 or first.info()["snapshot"]["storing"]:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(stored(), 60)
+    found = owners.snapshot()
+    assert found is not None and found[0] == first.snapshot_seq >= 12
+    assert first.state is OwnerState.READY
+    # A takeover starts from it and ends where the live owner is, and where a replay of the
+    # whole journal ends.
+    after = [seq for _, _, seq, _ in owners.rows() if seq > found[0]]
+    second, _ = await owners.open(2, retain_finished=2, snapshot_after_entries=10**9)
+    assert second.rebuilt == {"snapshot_seq": found[0], "replayed": len(after)}
+    snapshot_path(owners.path).unlink()
+    whole, _ = await owners.open(3, retain_finished=2, snapshot_after_entries=10**9)
+    assert whole.rebuilt["snapshot_seq"] == 0
+    assert first.risk is not None and second.risk is not None and whole.risk is not None
+    for owner in (second, whole):
+        assert owner.book.snapshot() == first.book.snapshot()
+        assert owner.risk is not None and owner.risk.snapshot() == first.risk.snapshot()
+    assert second.info()["positions"] == {"BTC/USD": "-0.5"}
+
+
 async def test_a_snapshot_made_under_another_config_is_not_used(owners: Owners) -> None:
-    first, out = await owners.open(1, retain_finished=2, snapshot_after_entries=1)
+    first, out = await owners.open(1, retain_finished=2)
     await first.route("s1", "cust", new_order("c1"))
     await out.wait_for(lambda: len(out.order_events()) == 1)
     await owners.open(2, retain_finished=2, snapshot_after_entries=1)  # stores one
@@ -487,10 +521,10 @@ async def test_a_snapshot_made_under_another_config_is_not_used(owners: Owners) 
     assert limited.rebuilt["snapshot_seq"] == 0  # other limits: replay it all
     assert [o.client_order_id for o in limited.book.open_orders()] == ["c1"]
     # A snapshot that cannot be read is skipped the same way.
-    with sqlite3.connect(owners.path) as db:
-        state = orjson.loads(db.execute("SELECT state FROM snapshots").fetchone()[0])
-        state["risk"]["orders"] = "not a ledger"
-        db.execute("UPDATE snapshots SET state = ?", (orjson.dumps(state),))
+    stored = owners.snapshot()
+    assert stored is not None
+    stored[1]["risk"]["orders"] = "not a ledger"
+    write_snapshot(snapshot_path(owners.path), stored[0] + 1, 5, stored[1], lambda: True)
     unreadable, _ = await owners.open(6, retain_finished=2)
     assert unreadable.rebuilt["snapshot_seq"] == 0 and unreadable.state is OwnerState.READY
     assert [o.client_order_id for o in unreadable.book.open_orders()] == ["c1"]
