@@ -56,6 +56,7 @@ class ErrorCode(StrEnum):
     RISK_POSITION_NOTIONAL = "risk_position_notional"
     RISK_GROSS_EXPOSURE = "risk_gross_exposure"
     SIGNAL_EXPIRED = "signal_expired"
+    DUPLICATE_SIGNAL = "duplicate_signal"  # the signal_id of one finished long ago
 
 
 class ErrorBody(BaseModel):

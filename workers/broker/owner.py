@@ -880,9 +880,10 @@ class AccountOwner:
             self._venue_failed("the venue event stream ended")
 
     async def _on_order_event(self, event: OrderEvent) -> None:
-        if isinstance(event, OrderCancelled):
+        if event.status.is_terminal and self._cancel_reasons:  # filled first: forget it too
             reason = self._cancel_reasons.pop(event.client_order_id, None)
-            if reason is not None and event.reason is CancelReason.REQUESTED:
+            if (reason is not None and isinstance(event, OrderCancelled)
+                    and event.reason is CancelReason.REQUESTED):
                 event = event.model_copy(update={"reason": reason})
         try:
             effects = self.book.tracker.receive(event)
@@ -1029,10 +1030,13 @@ class AccountOwner:
                 await self._submit(effect.order, self._requester_for(effect.session_id,
                                                                      requester))
             elif isinstance(effect, risk.SubmitCancel):
-                self._cancel_reasons[effect.client_order_id] = effect.reason
-                await self._submit(CancelOrder(client_order_id=effect.client_order_id,
-                                               account=self.account),
-                                   self._requester_of_order(effect.client_order_id))
+                cid = effect.client_order_id
+                self._cancel_reasons[cid] = effect.reason
+                await self._submit(CancelOrder(client_order_id=cid, account=self.account),
+                                   self._requester_of_order(cid))
+                order = self.book.tracker.get(cid)
+                if order is None or order.status.is_terminal:  # done, or the cancel refused
+                    self._cancel_reasons.pop(cid, None)
             elif isinstance(effect, risk.SubmitModify):
                 await self._submit(effect.modify,
                                    self._requester_of_order(effect.modify.client_order_id))

@@ -42,7 +42,7 @@ from workers.broker.risk import manager as risk
 from workers.broker.risk.records import RISK_RECORD
 
 RISK = "risk"  # journal kind of the position manager's records
-SNAPSHOT_FORMAT = 1  # of the snapshot's state; another format is not used
+SNAPSHOT_FORMAT = 2  # of the snapshot's state; another format is not used
 SNAPSHOT_AFTER_ENTRIES = 20_000
 """An owner stores a snapshot once this many entries have come since the last one: at open,
 after replaying them (about 20 us each), and while it runs, through the side process."""

@@ -92,6 +92,7 @@ async def test_kill_switch_cancels_refuses_and_clears(owners: Owners) -> None:
     await owner.operator_risk(KillSwitch(active=True, reason="test", by="ops"))
     await outbox.wait_for(lambda: "order_cancelled" in types(outbox.order_events()))
     assert outbox.order_events()[-1]["reason"] == "kill_switch"
+    assert owner._cancel_reasons == {}  # told once, then forgotten
     await owner.route("s1", "cust", new_order("c2", qty="0.1", price="31000"))
     assert outbox.order_events()[-1]["reason"] == "kill_switch"
     assert "ops" in owner.info()["kill_switch"]

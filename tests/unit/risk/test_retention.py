@@ -7,12 +7,20 @@ import orjson
 import pytest
 
 from protocol.errors import ErrorCode
+from protocol.signals import SignalRejected
 from workers.broker.risk.limits import RiskLimits
-from workers.broker.risk.manager import Journal, OrderRequest, PositionManager, RefuseRequest
+from workers.broker.risk.manager import (
+    Journal,
+    Notify,
+    OrderRequest,
+    PositionManager,
+    RefuseRequest,
+)
 from workers.broker.risk.working import OrderLedger
 
 from .common import ACCOUNT, SPECS, order
 from .desk import Desk
+from .test_signals import signal
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -84,3 +92,23 @@ def test_the_retained_state_survives_snapshot_and_restore() -> None:
 def test_the_limit_must_keep_at_least_one_order() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         OrderLedger(0)
+
+
+def test_answered_signals_are_bounded_and_a_forgotten_signal_id_stays_taken() -> None:
+    desk = Desk(retain_finished=2)
+    desk.quote("29990", "30010")
+    for sid in ("g1", "g2", "g3"):  # refused (no equity to size from) or adopted: both count
+        desk.send(signal(sid, direction="long", qty="0.1"))
+    state = desk.manager.snapshot()
+    assert sorted(state["signals"]) == ["g2", "g3"]
+    assert state["signal_retention"]["forgotten"] == ["g1"]
+    again = desk.send(signal("g3", direction="long", qty="0.1"))  # kept: the same answer again
+    assert [type(e) for e in again] == [Notify]
+    forgotten = desk.send(signal("g1", direction="long", qty="0.1"))
+    assert len(forgotten) == 1 and isinstance(forgotten[0], Notify)
+    rejected = forgotten[0].message
+    assert isinstance(rejected, SignalRejected) and rejected.code is ErrorCode.DUPLICATE_SIGNAL
+    assert "answered long ago" in rejected.message
+    restored = PositionManager.restore(orjson.loads(orjson.dumps(state)), SPECS)
+    assert restored.snapshot() == state
+    desk.restart()  # rebuilt from the journal: the same kept signals, the same forgotten ids

@@ -104,7 +104,7 @@ from protocol.signals import (
     SignalRejected,
 )
 from workers.broker.orders import VenueRefused
-from workers.broker.retention import RETAIN_FINISHED, reused_id_message
+from workers.broker.retention import RETAIN_FINISHED, Retention, reused_id_message
 from workers.broker.risk import signals as sizing
 from workers.broker.risk.amounts import ZERO, plain
 from workers.broker.risk.exits import (
@@ -312,7 +312,10 @@ class PositionManager:
         # (read-only there), so no check copies it.
         self._admitted_at: deque[int] = deque()
         self._refused: dict[str, OrderRefused] = {}
+        # Signals answered (adopted or refused), kept whole up to the same bound; an older
+        # one leaves only its signal_id behind, which stays taken.
         self._signals: dict[str, SignalAdopted | SignalRefused] = {}
+        self._signal_retention = Retention(retain_finished)
 
     # ------------------------------------------------------------ queries
 
@@ -449,6 +452,7 @@ class PositionManager:
             "admitted_at": list(self._admitted_at),
             "refused": {k: r.model_dump(mode="json") for k, r in self._refused.items()},
             "signals": {k: r.model_dump(mode="json") for k, r in self._signals.items()},
+            "signal_retention": self._signal_retention.snapshot(),
         }
 
     @classmethod
@@ -465,6 +469,7 @@ class PositionManager:
         manager._admitted_at = deque(data["admitted_at"])
         manager._refused = {k: OrderRefused.model_validate(r) for k, r in data["refused"].items()}
         manager._signals = {k: RISK_RECORD.validate_python(r) for k, r in data["signals"].items()}
+        manager._signal_retention = Retention.restore(data["signal_retention"])
         return manager
 
     def check_positions(self, venue: Sequence[Position], now: int) -> PositionCheck:
@@ -591,6 +596,12 @@ class PositionManager:
         prior = self._signals.get(signal.signal_id)
         if prior is not None:
             return [Notify(self._signal_notice(prior), session)]
+        if self._signal_retention.gone(signal.signal_id):
+            message = (f"signal_id {signal.signal_id!r} belongs to a signal answered long ago; "
+                       "choose a new one")
+            return [Notify(SignalRejected(account=signal.account, signal_id=signal.signal_id,
+                                          code=ErrorCode.DUPLICATE_SIGNAL, message=message,
+                                          ts=now), session)]
         try:
             return self._adopt(request, now)
         except SignalRefusal as refusal:
@@ -872,7 +883,7 @@ class PositionManager:
         elif isinstance(record, SignalAdopted):
             self._apply_signal(record)
         elif isinstance(record, SignalRefused):
-            self._signals[record.signal.signal_id] = record
+            self._remember_signal(record)
         elif isinstance(record, TrailMoved):
             plan = self.exits.get(record.plan_id)
             if plan is not None:
@@ -903,9 +914,17 @@ class PositionManager:
         else:  # pragma: no cover - the union is exhaustive
             raise TypeError(f"not a risk record: {type(record).__name__}")
 
+    def _remember_signal(self, record: SignalAdopted | SignalRefused) -> None:
+        """Keep the answer to a repeat of the signal, within the retention bound."""
+        signal_id = record.signal.signal_id
+        if signal_id not in self._signals:
+            for gone in self._signal_retention.finished(signal_id):
+                self._signals.pop(gone, None)
+        self._signals[signal_id] = record
+
     def _apply_signal(self, record: SignalAdopted) -> None:
         signal = record.signal
-        self._signals[signal.signal_id] = record
+        self._remember_signal(record)
         instrument = signal.instrument
         order = record.order
         if record.target_qty == 0:
