@@ -4,6 +4,7 @@ its resting orders keep their time priority."""
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
@@ -112,3 +113,35 @@ def test_the_venues_own_accounts_are_not_stored(tmp_path: Path) -> None:
     assert sorted(a for a in stored if not second.engine.is_quiet(a)) == sorted(USERS)
     assert second.engine.book("BTC/USD").bids == []  # house quotes start afresh on the first step
     assert second.mid("BTC/USD") == first.mid("BTC/USD")
+
+
+def test_a_store_written_before_the_indexed_columns_existed_opens_the_same(
+        tmp_path: Path) -> None:
+    path = tmp_path / "exchange.sqlite"
+    store = PaperStore(path)
+    first = PaperVenue(CONFIG, store=store)
+    for account in USERS:
+        first.ensure_account(account)
+    trade(first)
+    before = state(first)
+    store.close()
+    derived = ("SELECT account, client_order_id, number, working FROM orders",
+               "SELECT seq, ts FROM fills")
+    db = sqlite3.connect(path)
+    written = [db.execute(query).fetchall() for query in derived]
+    assert written[0] and written[1]
+    # The layout of the first stores: no order number, working flag or fill time columns.
+    db.executescript("""
+        DROP INDEX orders_by_state; DROP INDEX fills_by_time;
+        ALTER TABLE orders DROP COLUMN number; ALTER TABLE orders DROP COLUMN working;
+        ALTER TABLE fills DROP COLUMN ts;
+    """)
+    db.close()
+    second = venue_on(path)
+    assert state(second) == before
+    db = sqlite3.connect(path)
+    assert [db.execute(query).fetchall() for query in derived] == written
+    db.close()
+    # a1 still rests first in the queue at 29000.
+    events = second.submit(limit("carol", "c2", "sell", "1", "29000", tif="IOC"))
+    assert [e.fill.account for e in events if hasattr(e, "fill")] == ["alice", "carol"]

@@ -42,20 +42,33 @@ _FILLS = (OrderFilled, OrderPartiallyFilled)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, state TEXT NOT NULL);
+-- number: the order's number (P12 → 12); working: 1 until the order is finished.
 CREATE TABLE IF NOT EXISTS orders (
     account TEXT NOT NULL,
     client_order_id TEXT NOT NULL,
     state TEXT NOT NULL,
+    number INTEGER NOT NULL DEFAULT 0,
+    working INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (account, client_order_id)
 ) WITHOUT ROWID;
+-- ts: the fill's time, as in the fill.
 CREATE TABLE IF NOT EXISTS fills (seq INTEGER PRIMARY KEY, account TEXT NOT NULL,
-                                  fill TEXT NOT NULL);
+                                  fill TEXT NOT NULL, ts INTEGER NOT NULL DEFAULT 0);
 -- The last trade and fill numbers given out, the venue's own included: public trade ids are
 -- never reused. (Order numbers go on after the highest kept order's.)
 CREATE TABLE IF NOT EXISTS counters (id INTEGER PRIMARY KEY CHECK (id = 1),
                                      trades INTEGER NOT NULL, fills INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS mids (instrument TEXT PRIMARY KEY, ticks INTEGER NOT NULL);
 """
+
+# Made after `_migrate`: a store written before the columns they index existed gets them first.
+INDEXES = """
+-- An account's working orders, and its finished ones newest first.
+CREATE INDEX IF NOT EXISTS orders_by_state ON orders (account, working, number);
+-- An account's fills since a time, and its newest (index entries end with the rowid, seq).
+CREATE INDEX IF NOT EXISTS fills_by_time ON fills (account, ts);
+"""
+_ADDED_COLUMNS = {"orders": ("number", "working"), "fills": ("ts",)}
 
 
 def order_state(order: RestingOrder) -> dict[str, Any]:
@@ -92,6 +105,8 @@ class PaperStore:
         # Every commit is in the OS's hands before `record` returns: kill -9 loses nothing.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+        self._db.executescript(INDEXES)
         self._checkpointer = Checkpointer.take_over(self._db, path)  # never inside a write
         self._mids: dict[str, int] = {}
         self._counters = (0, 0)
@@ -99,6 +114,43 @@ class PaperStore:
     def close(self) -> None:
         self._checkpointer.stop()
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Give a store written before the orders' number and working columns and the fills'
+        ts column existed those columns, filled in from the state each row holds."""
+        db = self._db
+        if not any(self._missing_columns().values()):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            missing = self._missing_columns()  # again, now that no one else can write
+            for table, columns in missing.items():
+                for column in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} "
+                               "INTEGER NOT NULL DEFAULT 0")
+            if missing["orders"]:
+                rows = []
+                for account, cid, text in db.execute(
+                        "SELECT account, client_order_id, state FROM orders").fetchall():
+                    state = orjson.loads(text)
+                    rows.append((_number(state["order_id"]), int(_working(state)), account, cid))
+                db.executemany("UPDATE orders SET number = ?, working = ? "
+                               "WHERE account = ? AND client_order_id = ?", rows)
+            if missing["fills"]:
+                times = [(orjson.loads(fill)["ts"], seq)
+                         for seq, fill in db.execute("SELECT seq, fill FROM fills").fetchall()]
+                db.executemany("UPDATE fills SET ts = ? WHERE seq = ?", times)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _missing_columns(self) -> dict[str, list[str]]:
+        return {table: [c for c in columns if c not in self._columns(table)]
+                for table, columns in _ADDED_COLUMNS.items()}
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     # ------------------------------------------------------------ loading
 
@@ -152,20 +204,16 @@ class PaperStore:
             # An order placed, cancelled or modified without trading: one statement is its
             # own transaction (half the cost of BEGIN ... COMMIT around it).
             for order in orders.values():
-                self._db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
-                                 (order.account, order.client_order_id,
-                                  orjson.dumps(order_state(order)).decode()))
+                self._db.execute(_WRITE_ORDER, _order_row(order))
             return
         db = self._db
         db.execute("BEGIN")
         try:
             for order in orders.values():
-                db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
-                           (order.account, order.client_order_id,
-                            orjson.dumps(order_state(order)).decode()))
+                db.execute(_WRITE_ORDER, _order_row(order))
             for fill in fills:
-                db.execute("INSERT INTO fills(account, fill) VALUES (?, ?)",
-                           (fill.account, fill.model_dump_json()))
+                db.execute("INSERT INTO fills (account, fill, ts) VALUES (?, ?, ?)",
+                           (fill.account, fill.model_dump_json(), fill.ts))
             for account in {fill.account for fill in fills}:
                 db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?)",
                            (account, orjson.dumps(engine.ledger.state(account)).decode()))
@@ -179,6 +227,20 @@ class PaperStore:
             raise
         self._mids.update(moved)
         self._counters = counters
+
+
+_WRITE_ORDER = ("INSERT OR REPLACE INTO orders (account, client_order_id, state, number, working)"
+                " VALUES (?, ?, ?, ?, ?)")
+
+
+def _order_row(order: RestingOrder) -> tuple[str, str, str, int, int]:
+    return (order.account, order.client_order_id, orjson.dumps(order_state(order)).decode(),
+            _number(order.order_id), int(not order.status.is_terminal))
+
+
+def _working(state: dict[str, Any]) -> bool:
+    """Whether a stored order (its `order_state`) can still trade."""
+    return not OrderStatus(state["status"]).is_terminal
 
 
 def _number(engine_id: str) -> int:
