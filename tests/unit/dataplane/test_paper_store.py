@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from protocol.errors import ErrorCode
-from protocol.orders import NewOrder, OrderStatus
+from protocol.orders import NewOrder, OrderFilled, OrderStatus
 from workers.broker.adapters.paper.adapter import PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
 from workers.broker.adapters.paper.engine import OrderRefused
@@ -101,6 +101,21 @@ def test_restored_orders_keep_their_time_priority_and_ids_are_not_reused(
     # And what the second venue did is stored in turn.
     third = venue_on(path)
     assert state(third) == state(second)
+
+
+def test_working_orders_are_listed_in_the_order_placed_after_a_restart_too(
+        tmp_path: Path) -> None:
+    path = tmp_path / "exchange.sqlite"
+    first = venue_on(path)
+    first.submit(limit("alice", "a1", "buy", "1", "29000"))
+    first.submit(limit("alice", "a2", "buy", "1", "29000"))
+    first.modify("alice", "a1", D(2), None)  # a larger qty: a1 goes behind a2 in the queue
+    second = venue_on(path)
+    for venue in (first, second):
+        assert [o.client_order_id for o in venue.engine.open_orders("alice")] == ["a1", "a2"]
+    events = second.submit(limit("bob", "b1", "sell", "1", "29000", tif="IOC"))
+    assert [e.client_order_id for e in events
+            if isinstance(e, OrderFilled) and e.account == "alice"] == ["a2"]
 
 
 def test_the_venues_own_accounts_are_not_stored(tmp_path: Path) -> None:

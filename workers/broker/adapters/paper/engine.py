@@ -58,6 +58,13 @@ Clock = Callable[[], int]
 _BPS = Decimal(10_000)
 
 
+def order_number(order_id: str) -> int:
+    """The number in an order id the engine gave out (`P12` → 12): the order placed later has
+    the larger one."""
+    digits = order_id.lstrip("P")
+    return int(digits) if digits.isdigit() else 0
+
+
 class OrderRefused(Exception):
     """The engine refused a request; nothing changed. `code` says why."""
 
@@ -150,11 +157,14 @@ class MatchingEngine:
                 ids: tuple[int, int, int]) -> None:
         """Put back persisted orders and fills of accounts already open, and go on numbering
         after `ids`. Working orders rejoin their books in `queued` order, so each keeps its
-        place in time priority among them."""
-        for order in sorted(orders, key=lambda o: o.queued):
+        place in time priority among them; `open_orders` lists them in the order they were
+        placed, as before."""
+        orders = sorted(orders, key=lambda o: order_number(o.order_id))
+        for order in orders:
             self._orders[(order.account, order.client_order_id)] = order
             if not order.status.is_terminal:
                 self._working[order.account][order.client_order_id] = order
+        for order in sorted(orders, key=lambda o: o.queued):
             if order.leaves and order.price is not None:
                 self._books[order.instrument].side(order.side).append(order)
         for account, account_fills in fills.items():
