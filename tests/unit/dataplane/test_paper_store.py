@@ -4,6 +4,7 @@ its resting orders keep their time priority."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from protocol.errors import ErrorCode
 from protocol.orders import NewOrder, OrderFilled, OrderStatus
+from workers.broker.adapters.paper import book
 from workers.broker.adapters.paper.adapter import PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
 from workers.broker.adapters.paper.engine import OrderRefused
@@ -116,6 +118,21 @@ def test_working_orders_are_listed_in_the_order_placed_after_a_restart_too(
     events = second.submit(limit("bob", "b1", "sell", "1", "29000", tif="IOC"))
     assert [e.client_order_id for e in events
             if isinstance(e, OrderFilled) and e.account == "alice"] == ["a2"]
+
+
+def test_time_priority_survives_restarts_of_processes_that_count_queue_places_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "exchange.sqlite"
+    monkeypatch.setattr(book, "_QUEUED", itertools.count(1000))  # a process that ran a while
+    first = venue_on(path)
+    first.submit(limit("alice", "a1", "buy", "1", "29000"))
+    monkeypatch.setattr(book, "_QUEUED", itertools.count(1))  # each new process starts at 1
+    second = venue_on(path)
+    second.submit(limit("bob", "b1", "buy", "1", "29000"))  # behind a1
+    monkeypatch.setattr(book, "_QUEUED", itertools.count(1))
+    third = venue_on(path)
+    events = third.submit(limit("carol", "c1", "sell", "1", "29000", tif="IOC"))
+    assert [e.account for e in events if isinstance(e, OrderFilled)] == ["alice", "carol"]
 
 
 def test_the_venues_own_accounts_are_not_stored(tmp_path: Path) -> None:

@@ -90,6 +90,20 @@ class BookSide:
 
     def append(self, order: RestingOrder) -> None:
         """Queue `order` at the back of its price level."""
+        self._enqueue(order)
+        order.queued = next(_QUEUED)
+
+    def rejoin(self, order: RestingOrder) -> None:
+        """Queue a restored `order` at the back of its price level with the `queued` it had,
+        and let every order queued from now on come after it. (Each process counts queue
+        places from 1: without this, an order queued after a restart could get a smaller
+        number than one restored, and win its place after the next restart.) Restore orders
+        in `queued` order."""
+        global _QUEUED
+        self._enqueue(order)
+        _QUEUED = itertools.count(max(next(_QUEUED), order.queued + 1))
+
+    def _enqueue(self, order: RestingOrder) -> None:
         assert order.price is not None
         level = self._levels.get(order.price)
         if level is None:
@@ -97,7 +111,6 @@ class BookSide:
             bisect.insort(self._prices, order.price)
         level.orders[order.order_id] = order
         level.size += order.leaves
-        order.queued = next(_QUEUED)
 
     def remove(self, order: RestingOrder) -> None:
         """Take a working `order` off the book. Call before changing its qty, price or

@@ -166,7 +166,7 @@ class MatchingEngine:
                 self._working[order.account][order.client_order_id] = order
         for order in sorted(orders, key=lambda o: o.queued):
             if order.leaves and order.price is not None:
-                self._books[order.instrument].side(order.side).append(order)
+                self._books[order.instrument].side(order.side).rejoin(order)
         for account, account_fills in fills.items():
             self._fills[account] = list(account_fills)
         self._next_order = max(self._next_order, ids[0])
