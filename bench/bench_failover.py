@@ -8,7 +8,8 @@ accepted, as the round trip does, until the account's journal holds the first `-
 count; one order is left resting, so the new owner has an instrument to watch. Then the Broker
 worker is killed -9, and the clock runs until a `new_order` sent through a fresh session from
 the MarketManager is accepted: the BrokerManager notices the exit and spawns a replacement,
-which claims the journal, rebuilds its books from it, connects to the venue, reconciles,
+which claims the journal, rebuilds its books from it (from the newest snapshot on: the table's
+`replayed` is how many entries it replayed after it), connects to the venue, reconciles,
 and takes the Market's link again. The same fleet then goes on to the next count (its
 journal keeps growing), and so on; each kill comes at least `STABLE_AFTER_S` after the
 previous replacement came up, so that none is taken for a crash loop (which backs off).
@@ -72,6 +73,19 @@ async def trading_again(http: aiohttp.ClientSession, data_dir: Path, tag: str) -
         await asyncio.sleep(RETRY_S)
 
 
+async def rebuilt(http: aiohttp.ClientSession, data_dir: Path) -> dict[str, int]:
+    """How the account's owner rebuilt its books: from the snapshot at `snapshot_seq`, then
+    `replayed` entries (its status, through the BrokerManager's account directory)."""
+    manager = await wait_file(data_dir / "run" / "broker-manager.url", 30)
+    token = json.loads(await wait_file(data_dir / "secrets.json", 30))["join_token"]
+    async with http.get(f"{manager}/v1/accounts",
+                        headers={"Authorization": f"Bearer {token}"}) as response:
+        accounts = (await response.json())["accounts"]
+    owner = next(entry for entry in accounts.values() if entry)
+    async with http.get(owner["url"] + "/v1/status") as response:
+        return dict((await response.json())["info"]["rebuilt"])
+
+
 async def run_once(counts: list[int]) -> list[dict[str, Any]]:
     data_dir, fleet = start_fleet(REPO)
     results: list[dict[str, Any]] = []
@@ -95,7 +109,8 @@ async def run_once(counts: list[int]) -> list[dict[str, Any]]:
                 os.kill(fleet_pids(data_dir)["broker"], signal.SIGKILL)
                 took = await trading_again(http, data_dir, f"after-{count}")
                 up_at = time.monotonic()
-                results.append({"orders": count, "journal_bytes": size, "seconds": took})
+                results.append({"orders": count, "journal_bytes": size, "seconds": took,
+                                **await rebuilt(http, data_dir)})
                 await session.ws.close()
                 session = PlatformSession(data_dir)
                 await session.open(http)
@@ -120,17 +135,19 @@ def main(argv: list[str] | None = None) -> int:
                 "journal_mb": statistics.median(r[i]["journal_bytes"] for r in runs) / 1e6,
                 "seconds": statistics.median(r[i]["seconds"] for r in runs),
                 "over_baseline": statistics.median(r[i]["seconds"] / r[0]["seconds"]
-                                                   for r in runs)}
+                                                   for r in runs),
+                "replayed": statistics.median(r[i]["replayed"] for r in runs)}
                for i, count in enumerate(counts)]
     if args.json:
         print(json.dumps({"summary": summary, "runs": runs, "machine": machine()}, indent=2))
         return 0
     print(f"Broker kill -9 → an order accepted again, median of {len(runs)} repeat(s); "
           f"baseline: {counts[0]} orders")
-    print(f"{'orders':>8}{'journal MB':>12}{'seconds':>10}{'÷ baseline':>12}")
+    print(f"{'orders':>8}{'journal MB':>12}{'seconds':>10}{'÷ baseline':>12}"
+          f"{'replayed':>10}")
     for row in summary:
         print(f"{row['orders']:>8}{row['journal_mb']:>12.1f}{row['seconds']:>10.2f}"
-              f"{row['over_baseline']:>12.2f}")
+              f"{row['over_baseline']:>12.2f}{row['replayed']:>10.0f}")
     return 0
 
 
