@@ -256,6 +256,7 @@ class AccountOwner:
         # stores the next one while the owner runs (`_snapshot_in_background`).
         self.snapshot_seq = 0
         self.snapshots_stored = 0
+        self._snapshot_failed_at = 0  # after a failed run, wait as many entries again
         self._snapshotter: asyncio.Task[None] | None = None
         self._journal_path = journal_path
         self._adapter_factory = adapter_factory
@@ -396,7 +397,8 @@ class AccountOwner:
         side process store a new one: it replays the journal from that snapshot on, in a
         process (and on a core) of its own, so the event loop never stops for it."""
         if (self._snapshotter is None and self.state is OwnerState.READY
-                and seq - self.snapshot_seq >= self._snapshot_after):
+                and seq - max(self.snapshot_seq, self._snapshot_failed_at)
+                >= self._snapshot_after):
             self._snapshotter = asyncio.create_task(self._snapshot_in_background(seq),
                                                     name=f"snapshot:{self.account}")
 
@@ -419,8 +421,8 @@ class AccountOwner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the next owner replays more, nothing is lost
-            # Try again after as many entries again, not on the next append.
-            self.snapshot_seq = max(self.snapshot_seq, seq)
+            # Not again on the next append: after as many entries again.
+            self._snapshot_failed_at = self._journal.last_seq() if self._journal else seq
             self._log.warning("journal_snapshot_failed", in_background=True, error=str(exc))
         finally:
             if process is not None and process.returncode is None:

@@ -20,6 +20,7 @@ import pytest
 from protocol.errors import ErrorCode
 from protocol.market import BookSnapshot, Channel, MarketEvent, Ticker
 from protocol.orders import NewOrder
+from workers.broker import owner as owner_module
 from workers.broker.adapters.base import (
     ConnectionChanged,
     OrderAck,
@@ -28,7 +29,6 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
-from workers.broker import owner as owner_module
 from workers.broker.owner import AccountOwner, OwnerError, OwnerState
 from workers.broker.risk import manager as risk
 from workers.broker.risk.limits import RiskLimits
@@ -506,6 +506,33 @@ async def test_a_running_owner_has_a_side_process_store_snapshots_a_takeover_sta
         assert owner.book.snapshot() == first.book.snapshot()
         assert owner.risk is not None and owner.risk.snapshot() == first.risk.snapshot()
     assert second.info()["positions"] == {"BTC/USD": "-0.5"}
+
+
+async def test_a_side_process_that_fails_costs_the_owner_nothing_and_is_tried_again_later(
+        owners: Owners) -> None:
+    blocked = snapshot_path(owners.path)
+    blocked.mkdir(parents=True)  # nothing can be stored there: the side process fails
+    first, out = await owners.open(1, snapshot_after_entries=6)
+
+    async def settled(done: Callable[[], bool]) -> None:
+        async def wait() -> None:
+            while not done() or first.info()["snapshot"]["storing"]:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(wait(), 60)
+
+    for cid in ("c1", "c2", "c3"):
+        await first.route("s1", "cust", new_order(cid, price="32000"))
+    await settled(lambda: first._snapshot_failed_at > 0)
+    assert first.state is OwnerState.READY and first.info()["snapshot"]["stored"] == 0
+    failed_at = first._snapshot_failed_at
+    blocked.rmdir()
+    await first.route("s1", "cust", new_order("c4", price="32000"))  # too soon to try again
+    assert not first.info()["snapshot"]["storing"] and len(owners.rows()) < failed_at + 6
+    for cid in ("c5", "c6", "c7"):
+        await first.route("s1", "cust", new_order(cid, price="32000"))
+    await settled(lambda: first.snapshots_stored == 1)
+    assert first.snapshot_seq >= failed_at + 6 and owners.snapshot() is not None
+    assert len(out.order_events()) == 7 and first.state is OwnerState.READY
 
 
 async def test_a_snapshot_made_under_another_config_is_not_used(owners: Owners) -> None:
