@@ -8,13 +8,17 @@ of the last entry it read. It never writes to the journal and never takes its wr
 owner goes on appending meanwhile. It runs at a lower priority, on the other core when there
 is one, and prints one JSON line: `seq`, whether it `stored` it, and what it cost.
 
-Exit status: 0 done (or nothing new to store), 3 the epoch no longer owns the journal, 1 any
+It dies with the Broker that started it. Exit status: 0 done (or nothing new to store), 3 the epoch no longer owns the journal, 1 any
 other failure (the owner logs it and tries again later; nothing is lost either way).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,6 +41,7 @@ from workers.broker.snapshots import (
 )
 
 EXIT_FENCED = 3
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def store(job: dict[str, Any]) -> dict[str, Any]:
@@ -68,12 +73,22 @@ def store(job: dict[str, Any]) -> dict[str, Any]:
         reader.close()
 
 
+def die_with_parent() -> None:
+    """On Linux, be killed when the Broker that started this process dies (kill -9 included):
+    a snapshot for an owner that is gone is of no use to anyone."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main() -> int:
     logs.configure("INFO", kind="snapshotter")  # to stderr, the owner worker's log
-    try:
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # it died before the line above took effect
+        return 1
+    with contextlib.suppress(OSError):
         os.nice(10)  # the owner's own work comes first
-    except OSError:
-        pass
     try:
         result = store(orjson.loads(sys.stdin.buffer.read()))
     except SnapshotFenced as exc:
