@@ -70,3 +70,17 @@ def test_the_side_process_stores_as_of_the_last_entry_and_only_for_the_owning_ep
                          input=b"{not json", capture_output=True, timeout=60)
     assert ran.returncode == 1 and orjson.loads(ran.stdout)["error"]
     assert stored_seq(snapshot_path(path)) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_side_process_asks_to_be_killed_with_its_parent() -> None:
+    probe = ("import ctypes, ctypes.util\n"
+             "from workers.broker.snapshotter import die_with_parent\n"
+             "die_with_parent()\n"
+             "libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)\n"
+             "signal = ctypes.c_int(0)\n"
+             "assert libc.prctl(2, ctypes.byref(signal)) == 0\n"  # PR_GET_PDEATHSIG
+             "print(signal.value)\n")
+    ran = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                         timeout=60)
+    assert int(ran.stdout) == 9  # SIGKILL
