@@ -6,7 +6,10 @@ that steps the market at `step_interval_s`. `PaperAdapter` is one account's sess
 venue; by default each adapter runs a private venue, and several adapters (accounts) may share
 one venue to trade with each other.
 
-The engine lives in memory: when the process ends, the exchange and its ledger end with it.
+Without a store the engine lives in memory only, keeping every order and fill: when the
+process ends, the exchange and its ledger end with it. With one (`PaperStore`, as the exchange
+process runs it) the accounts are durable and memory holds only each account's working orders
+and newest finished orders and fills; the store answers for the rest.
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ class PaperVenue:
             maker_fee_bps=config.maker_fee_bps,
             taker_fee_bps=config.taker_fee_bps,
             clock=self.now,
+            # What the engine lets go of memory, the store answers for.
+            archive=store,
+            retain_finished_orders=config.retain_finished_orders,
+            retain_fills=config.retain_fills,
         )
         self._walk: RandomWalkMarket | None = None
         self._replay: ReplayMarket | None = None

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocol.market import Currency, Instrument, InstrumentSpec
 from tradefleet.config import ConfigDecimal
+from workers.broker.adapters.paper.engine import RETAIN_FILLS, RETAIN_FINISHED_ORDERS
 
 
 class _Frozen(BaseModel):
@@ -139,6 +140,22 @@ class PaperConfig(_Frozen):
         default=10_000,
         ge=1,
         description="Undelivered events above which market steps pause for a slow consumer.",
+    )
+    retain_finished_orders: int = Field(
+        default=RETAIN_FINISHED_ORDERS,
+        ge=100,
+        description="Finished orders of each trading account the exchange keeps in memory "
+        "(about 1 KB each; working orders are always there). An older one is read from the "
+        "exchange's store when asked for, and answered as before: its status, or a new order "
+        "repeating its client_order_id. Bounds the exchange's memory and start-up time "
+        "however long its accounts trade. A venue without a store keeps every order.",
+    )
+    retain_fills: int = Field(
+        default=RETAIN_FILLS,
+        ge=100,
+        description="Fills of each trading account the exchange keeps in memory (about 1 KB "
+        "each); fills since an older time are read from its store. A venue without a store "
+        "keeps every fill.",
     )
 
     @model_validator(mode="after")

@@ -15,14 +15,23 @@ Every operation takes the time from the injected clock, changes state, and retur
 it caused, in causal order: order events of every account involved (house accounts included),
 public trades, then one `book_delta` and, if the top of book or last price moved, a `ticker`.
 A refused request raises `OrderRefused` and changes nothing.
+
+Memory: without an archive the engine keeps every order and fill, as long as it lives. Given
+an `Archive` (the paper exchange's store, which holds every order and fill of the accounts
+that are not quiet), it keeps of each such account its working orders, its newest
+`retain_finished_orders` finished orders and its newest `retain_fills` fills, and reads the
+rest from the archive when asked: an old order's state, fills since an old time, and whether a
+client_order_id was ever used. The answers are the same either way. It lets go only what the
+archive holds already: `archived()`, which the store calls after each write.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from protocol.errors import ErrorCode
 from protocol.market import (
@@ -57,6 +66,28 @@ EngineEvent = OrderEvent | Trade | BookDelta | Ticker
 Clock = Callable[[], int]
 _BPS = Decimal(10_000)
 
+RETAIN_FINISHED_ORDERS = 10_000
+"""Finished orders of an account an engine with an archive keeps in memory, by default."""
+RETAIN_FILLS = 10_000
+"""Fills of an account an engine with an archive keeps in memory, by default."""
+
+
+class Archive(Protocol):
+    """Every order and fill of an engine's accounts that are not quiet, in their last state
+    (the paper exchange's store): where the engine looks up what it let go of."""
+
+    def has_order(self, account: str, client_order_id: str) -> bool:
+        """Whether `account` ever placed an order with this client_order_id."""
+        ...
+
+    def order(self, account: str, client_order_id: str) -> RestingOrder | None:
+        """The order's last state, or None if there never was one."""
+        ...
+
+    def fills(self, account: str, since_ts: int) -> list[Fill]:
+        """Fills of `account` with ts >= since_ts, in the order they happened."""
+        ...
+
 
 def order_number(order_id: str) -> int:
     """The number in an order id the engine gave out (`P12` → 12): the order placed later has
@@ -78,7 +109,8 @@ class MatchingEngine:
     """The paper venue: one order book per instrument and one ledger for all accounts.
 
     `clock()` returns the current time in ns since the epoch; it is called once per operation,
-    so a fake clock makes every run reproducible.
+    so a fake clock makes every run reproducible. With an `archive`, the memory an account
+    takes is bounded by `retain_finished_orders` and `retain_fills` (module docstring).
     """
 
     def __init__(
@@ -88,7 +120,12 @@ class MatchingEngine:
         maker_fee_bps: Decimal = ZERO,
         taker_fee_bps: Decimal = ZERO,
         clock: Clock,
+        archive: Archive | None = None,
+        retain_finished_orders: int = RETAIN_FINISHED_ORDERS,
+        retain_fills: int = RETAIN_FILLS,
     ) -> None:
+        if retain_finished_orders < 1 or retain_fills < 1:
+            raise ValueError("retain_finished_orders and retain_fills must be at least 1")
         self.specs: dict[str, InstrumentSpec] = {spec.instrument: spec for spec in instruments}
         self.maker_fee_bps = maker_fee_bps
         self.taker_fee_bps = taker_fee_bps
@@ -99,7 +136,16 @@ class MatchingEngine:
         self._orders: dict[tuple[str, str], RestingOrder] = {}
         # Each account's working orders, oldest first: open_orders need not scan finished ones.
         self._working: dict[str, dict[str, RestingOrder]] = {}
-        self._fills: dict[str, list[Fill]] = {}
+        self._fills: dict[str, deque[Fill]] = {}
+        self.archive = archive
+        self.retain_finished_orders = retain_finished_orders
+        self.retain_fills = retain_fills
+        # Of each account whose orders the archive holds: the client_order_ids of its finished
+        # orders in memory, in the order they finished.
+        self._finished_kept: dict[str, deque[str]] = {}
+        self._over: set[str] = set()  # accounts holding more than they keep, until `archived`
+        self._archived_orders: set[str] = set()  # accounts with orders only in the archive
+        self._archived_fills: dict[str, int] = {}  # latest ts of an account's archived fills
         self._last_ticker: dict[str, tuple[Any, ...]] = {}
         self._next_order = 0
         self._next_trade = 0
@@ -118,14 +164,18 @@ class MatchingEngine:
         account. For the venue's own synthetic makers and takers, which place and cancel tens
         of orders a step."""
         self.ledger.open_account(account, cash or {})
-        self._fills[account] = []
+        self._fills[account] = deque()
         self._working[account] = {}
         if quiet:
             self._quiet.add(account)
+        elif self.archive is not None:
+            self._finished_kept[account] = deque()
 
     def order(self, account: str, client_order_id: str) -> OrderSnapshot | None:
         """The order's current state, or None if the engine never saw it."""
         order = self._orders.get((account, client_order_id))
+        if order is None:
+            order = self._archived_order(account, client_order_id)
         return None if order is None else self._snapshot(order)
 
     def is_working(self, account: str, client_order_id: str) -> bool:
@@ -139,36 +189,58 @@ class MatchingEngine:
 
     def fills(self, account: str, since_ts: int = 0) -> list[Fill]:
         """Fills of `account` with ts >= since_ts, oldest first."""
-        return [f for f in self._fills.get(account, ()) if f.ts >= since_ts]
+        held = [f for f in self._fills.get(account, ()) if f.ts >= since_ts]
+        archived_ts = self._archived_fills.get(account)
+        if self.archive is None or archived_ts is None or since_ts > archived_ts:
+            return held
+        # Some of them left memory: the archive has those and the rest, but for fills the
+        # operation under way made (none, between the venue's operations).
+        stored = self.archive.fills(account, since_ts)
+        known = {f.fill_id for f in stored}
+        return stored + [f for f in held if f.fill_id not in known]
 
     def is_quiet(self, account: str) -> bool:
         """Whether `account` is one of the venue's own synthetic ones (`open_account`)."""
         return account in self._quiet
 
     def resting(self, account: str, client_order_id: str) -> RestingOrder | None:
-        """The engine's own record of an order (to persist it; do not change it)."""
+        """The engine's own record of an order (to persist it; do not change it). Only
+        orders in memory: every order an operation touched is, until `archived()`."""
         return self._orders.get((account, client_order_id))
+
+    def held(self, account: str) -> tuple[int, int]:
+        """How many orders (working ones included) and fills of `account` are in memory."""
+        return sum(1 for acc, _ in self._orders if acc == account), len(self._fills[account])
 
     def ids(self) -> tuple[int, int, int]:
         """The last order, trade and fill numbers given out."""
         return self._next_order, self._next_trade, self._next_fill
 
     def restore(self, orders: Iterable[RestingOrder], fills: Mapping[str, Iterable[Fill]],
-                ids: tuple[int, int, int]) -> None:
-        """Put back persisted orders and fills of accounts already open, and go on numbering
-        after `ids`. Working orders rejoin their books in `queued` order, so each keeps its
-        place in time priority among them; `open_orders` lists them in the order they were
-        placed, as before."""
+                ids: tuple[int, int, int], *, archived_orders: Iterable[str] = (),
+                archived_fills: Mapping[str, int] | None = None) -> None:
+        """Put back persisted orders and fills (in the order they happened) of accounts
+        already open, and go on numbering after `ids`. Working orders rejoin their books in
+        `queued` order, so each keeps its place in time priority among them; `open_orders`
+        lists them in the order they were placed, as before. `archived_orders`: accounts with
+        orders only in the archive; `archived_fills`: per account, the latest ts of its fills
+        only in the archive."""
         orders = sorted(orders, key=lambda o: order_number(o.order_id))
         for order in orders:
             self._orders[(order.account, order.client_order_id)] = order
             if not order.status.is_terminal:
                 self._working[order.account][order.client_order_id] = order
+            elif order.account in self._finished_kept:
+                self._finished_kept[order.account].append(order.client_order_id)
         for order in sorted(orders, key=lambda o: o.queued):
             if order.leaves and order.price is not None:
                 self._books[order.instrument].side(order.side).rejoin(order)
         for account, account_fills in fills.items():
-            self._fills[account] = list(account_fills)
+            self._fills[account] = deque(account_fills)
+        self._archived_orders.update(archived_orders)
+        for account, ts in (archived_fills or {}).items():
+            self._archived_fills[account] = max(ts, self._archived_fills.get(account, ts))
+        self._over.update(self._finished_kept)  # `archived()` trims what is more than kept
         self._next_order = max(self._next_order, ids[0])
         self._next_trade = max(self._next_trade, ids[1])
         self._next_fill = max(self._next_fill, ids[2])
@@ -178,7 +250,21 @@ class MatchingEngine:
         house accounts, whose client order ids are never reused; the ledger is untouched."""
         for key in [k for k, o in self._orders.items() if k[0] == account and o.status.is_terminal]:
             del self._orders[key]
-        self._fills[account] = []
+        self._fills[account].clear()
+
+    def archived(self) -> None:
+        """The archive now holds everything the engine changed so far: let go of the
+        finished orders and the fills of each account past what it keeps, oldest first."""
+        for account in self._over:
+            kept = self._finished_kept[account]
+            while len(kept) > self.retain_finished_orders:
+                del self._orders[(account, kept.popleft())]
+                self._archived_orders.add(account)
+            fills = self._fills[account]
+            while len(fills) > self.retain_fills:
+                ts = fills.popleft().ts
+                self._archived_fills[account] = max(ts, self._archived_fills.get(account, ts))
+        self._over.clear()
 
     def book(self, instrument: str, depth: int | None = None) -> BookSnapshot:
         """The aggregated L2 book, `depth` levels per side (all when None)."""
@@ -239,7 +325,8 @@ class MatchingEngine:
         spec = self._spec(request.instrument)
         if not self.ledger.has_account(request.account):
             raise OrderRefused(ErrorCode.UNKNOWN_ACCOUNT, f"unknown account {request.account!r}")
-        if (request.account, request.client_order_id) in self._orders:
+        if ((request.account, request.client_order_id) in self._orders
+                or self._archived_id(request.account, request.client_order_id)):
             raise OrderRefused(
                 ErrorCode.DUPLICATE_ORDER,
                 f"client_order_id {request.client_order_id!r} was already used",
@@ -428,7 +515,10 @@ class MatchingEngine:
             liquidity=liquidity,
             ts=ts,
         )
-        self._fills[order.account].append(fill)
+        fills = self._fills[order.account]
+        fills.append(fill)
+        if len(fills) > self.retain_fills and order.account in self._finished_kept:
+            self._over.add(order.account)
         state = self._state(order, ts)
         if order.status is OrderStatus.FILLED:
             events.append(OrderFilled(**state, fill=fill))
@@ -468,6 +558,11 @@ class MatchingEngine:
         """`order` ends with `status` (filled or cancelled): it no longer works."""
         order.status = status
         del self._working[order.account][order.client_order_id]
+        kept = self._finished_kept.get(order.account)
+        if kept is not None:
+            kept.append(order.client_order_id)
+            if len(kept) > self.retain_finished_orders:
+                self._over.add(order.account)
 
     def _acknowledge(self, order: RestingOrder, kind: Callable[..., EngineEvent], ts: int,
                      events: list[EngineEvent], **extra: Any) -> None:
@@ -516,10 +611,26 @@ class MatchingEngine:
         return spec
 
     def _find(self, account: str, client_order_id: str) -> RestingOrder:
+        """The order, from memory or (a finished one, which callers only refuse to change)
+        from the archive."""
         order = self._orders.get((account, client_order_id))
+        if order is None:
+            order = self._archived_order(account, client_order_id)
         if order is None:
             raise OrderRefused(ErrorCode.ORDER_NOT_FOUND, f"no order {client_order_id!r}")
         return order
+
+    def _archived_order(self, account: str, client_order_id: str) -> RestingOrder | None:
+        """An order let go of memory, from the archive (None if there is no such order)."""
+        if self.archive is None or account not in self._archived_orders:
+            return None
+        return self.archive.order(account, client_order_id)
+
+    def _archived_id(self, account: str, client_order_id: str) -> bool:
+        """Whether the id belongs to an order let go of memory (one primary-key lookup, and
+        only for an account that let some go)."""
+        return (self.archive is not None and account in self._archived_orders
+                and self.archive.has_order(account, client_order_id))
 
     @staticmethod
     def _check_qty(spec: InstrumentSpec, qty: Decimal) -> None:

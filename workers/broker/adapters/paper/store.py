@@ -5,10 +5,18 @@ change (`PaperVenue` calls `record` before delivering an operation's events), so
 acknowledged to a Broker, a fill and the cash it moved are never lost, kill -9 included, and
 a restarted exchange carries on with the same accounts, orders, fills and order numbering.
 
-What is kept: the accounts' books (cash, fees, positions), their orders (working ones rejoin
-the book in their time priority), their fills, and the random walk's mids; order and fill
-numbering goes on after the highest kept. What is not: the venue's own synthetic accounts
-(`house-*`), whose quotes and flow start afresh around the kept mids.
+What is kept: the accounts' books (cash, fees, positions), every order they placed (working
+ones rejoin the book in their time priority), every fill, and the random walk's mids; order
+and fill numbering goes on after the highest kept. What is not: the venue's own synthetic
+accounts (`house-*`), whose quotes and flow start afresh around the kept mids.
+
+In memory and on disk: the store is also the engine's `Archive`. The engine keeps in memory
+each account's working orders and only its newest `retain_finished_orders` finished orders and
+`retain_fills` fills (`PaperConfig`); a start loads just those. The rest is read from here
+when asked for, by primary key or index: an older order's state, and whether a
+client_order_id was ever used (a repeat is refused as before), and the fills since a time
+older than memory reaches. So memory and start-up time stay bounded however long the accounts
+trade, and every answer is the one an engine holding everything would give.
 
 Delete the file (with the exchange stopped) to start the paper accounts over.
 """
@@ -35,7 +43,7 @@ from protocol.orders import (
 )
 from tradefleet.service.walcheckpoint import Checkpointer
 from workers.broker.adapters.paper.book import RestingOrder
-from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine
+from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine, order_number
 
 _ORDER_EVENTS = get_args(OrderEvent)  # a tuple: isinstance over a union is slower
 _FILLS = (OrderFilled, OrderPartiallyFilled)
@@ -133,7 +141,8 @@ class PaperStore:
                 for account, cid, text in db.execute(
                         "SELECT account, client_order_id, state FROM orders").fetchall():
                     state = orjson.loads(text)
-                    rows.append((_number(state["order_id"]), int(_working(state)), account, cid))
+                    rows.append((order_number(state["order_id"]), int(_working(state)),
+                                 account, cid))
                 db.executemany("UPDATE orders SET number = ?, working = ? "
                                "WHERE account = ? AND client_order_id = ?", rows)
             if missing["fills"]:
@@ -155,25 +164,79 @@ class PaperStore:
     # ------------------------------------------------------------ loading
 
     def load(self, engine: MatchingEngine) -> dict[str, int]:
-        """Put the stored accounts, orders, fills and counters into a fresh `engine`; return
-        the stored mids (in ticks) for the market to walk on from."""
-        for account, state in self._db.execute("SELECT account, state FROM accounts"):
+        """Put into a fresh `engine`, whose archive this store is, the stored accounts and
+        counters and what the engine keeps in memory of each account: its working orders, its
+        newest finished orders and its newest fills (`retain_finished_orders`,
+        `retain_fills`). Return the stored mids (in ticks) for the market to walk on from."""
+        if engine.archive is not self:
+            raise ValueError("load into an engine whose archive is this store")
+        db = self._db
+        orders: list[RestingOrder] = []
+        fills: dict[str, list[Fill]] = {}
+        archived_orders: list[str] = []
+        archived_fills: dict[str, int] = {}
+        number = 0
+        for account, state in db.execute("SELECT account, state FROM accounts").fetchall():
             if not engine.ledger.has_account(account):
                 engine.open_account(account)
             engine.ledger.restore(account, orjson.loads(state))
-        orders = [order_from_state(orjson.loads(state))
-                  for (state,) in self._db.execute("SELECT state FROM orders")]
-        fills: dict[str, list[Fill]] = {}
-        for account, fill in self._db.execute("SELECT account, fill FROM fills ORDER BY seq"):
-            fills.setdefault(account, []).append(Fill.model_validate_json(fill))
-        # Order numbers go on after the highest kept order's: numbers only the venue's own
+            # (Without the hint SQLite may read all the account's orders by primary key.)
+            orders += [order_from_state(orjson.loads(state)) for (state,) in db.execute(
+                "SELECT state FROM orders INDEXED BY orders_by_state "
+                "WHERE account = ? AND working = 1", (account,))]
+            # The newest finished orders by number, one more to learn whether there are more.
+            finished = db.execute(
+                "SELECT state FROM orders WHERE account = ? AND working = 0 "
+                "ORDER BY number DESC LIMIT ?",
+                (account, engine.retain_finished_orders + 1)).fetchall()
+            if len(finished) > engine.retain_finished_orders:
+                archived_orders.append(account)
+                finished.pop()
+            orders += [order_from_state(orjson.loads(state)) for (state,) in reversed(finished)]
+            # The newest fills by time (then seq), and the time of the newest one left out.
+            rows = db.execute(
+                "SELECT seq, ts, fill FROM fills WHERE account = ? "
+                "ORDER BY ts DESC, seq DESC LIMIT ?",
+                (account, engine.retain_fills + 1)).fetchall()
+            if len(rows) > engine.retain_fills:
+                archived_fills[account] = rows.pop()[1]
+            rows.sort()  # by seq: in the order they happened
+            fills[account] = [Fill.model_validate_json(fill) for _, _, fill in rows]
+            # Of every order of the account, loaded or not.
+            for working in (0, 1):
+                (highest,) = db.execute(
+                    "SELECT MAX(number) FROM orders WHERE account = ? AND working = ?",
+                    (account, working)).fetchone()
+                number = max(number, highest or 0)
+        # Order numbers go on after the highest stored order's: numbers only the venue's own
         # orders had may come again, but none of those orders outlived the process.
-        row = self._db.execute("SELECT trades, fills FROM counters").fetchone()
+        row = db.execute("SELECT trades, fills FROM counters").fetchone()
         self._counters = (row[0], row[1]) if row is not None else (0, 0)
-        engine.restore(orders, fills, (max((_number(o.order_id) for o in orders), default=0),
-                                       *self._counters))
-        self._mids = dict(self._db.execute("SELECT instrument, ticks FROM mids").fetchall())
+        engine.restore(orders, fills, (number, *self._counters),
+                       archived_orders=archived_orders, archived_fills=archived_fills)
+        self._mids = dict(db.execute("SELECT instrument, ticks FROM mids").fetchall())
         return dict(self._mids)
+
+    # ------------------------------------------------------------ the engine's archive
+
+    def has_order(self, account: str, client_order_id: str) -> bool:
+        """Whether `account` ever placed an order with this client_order_id."""
+        return self._db.execute(
+            "SELECT 1 FROM orders WHERE account = ? AND client_order_id = ?",
+            (account, client_order_id)).fetchone() is not None
+
+    def order(self, account: str, client_order_id: str) -> RestingOrder | None:
+        """The order's last stored state, or None if there never was one."""
+        row = self._db.execute(
+            "SELECT state FROM orders WHERE account = ? AND client_order_id = ?",
+            (account, client_order_id)).fetchone()
+        return None if row is None else order_from_state(orjson.loads(row[0]))
+
+    def fills(self, account: str, since_ts: int) -> list[Fill]:
+        """Fills of `account` with ts >= since_ts, in the order they happened."""
+        return [Fill.model_validate_json(fill) for (fill,) in self._db.execute(
+            "SELECT fill FROM fills WHERE account = ? AND ts >= ? ORDER BY seq",
+            (account, since_ts))]
 
     # ------------------------------------------------------------ recording
 
@@ -186,7 +249,8 @@ class PaperStore:
                mids: dict[str, int] | None = None) -> None:
         """Store, in one transaction, what one engine operation changed for the accounts
         that are not the venue's own: every order an event names, every fill, the books of
-        every account that traded, the trade and fill counters and `mids` when they moved."""
+        every account that traded, the trade and fill counters and `mids` when they moved.
+        Then the engine may let go of what it no longer keeps in memory (`archived`)."""
         orders: dict[tuple[str, str], RestingOrder] = {}
         fills: list[Fill] = []
         for event in events:
@@ -205,6 +269,7 @@ class PaperStore:
             # own transaction (half the cost of BEGIN ... COMMIT around it).
             for order in orders.values():
                 self._db.execute(_WRITE_ORDER, _order_row(order))
+            engine.archived()
             return
         db = self._db
         db.execute("BEGIN")
@@ -227,6 +292,7 @@ class PaperStore:
             raise
         self._mids.update(moved)
         self._counters = counters
+        engine.archived()
 
 
 _WRITE_ORDER = ("INSERT OR REPLACE INTO orders (account, client_order_id, state, number, working)"
@@ -235,15 +301,10 @@ _WRITE_ORDER = ("INSERT OR REPLACE INTO orders (account, client_order_id, state,
 
 def _order_row(order: RestingOrder) -> tuple[str, str, str, int, int]:
     return (order.account, order.client_order_id, orjson.dumps(order_state(order)).decode(),
-            _number(order.order_id), int(not order.status.is_terminal))
+            order_number(order.order_id), int(not order.status.is_terminal))
 
 
 def _working(state: dict[str, Any]) -> bool:
     """Whether a stored order (its `order_state`) can still trade."""
     return not OrderStatus(state["status"]).is_terminal
 
-
-def _number(engine_id: str) -> int:
-    """The number in an engine order id (`P12` → 12)."""
-    digits = engine_id.lstrip("P")
-    return int(digits) if digits.isdigit() else 0
