@@ -206,34 +206,39 @@ async def test_the_owner_is_killed_and_its_replacement_carries_on(
     json.dumps(info)  # the status report is plain JSON
 
 
+async def ready_owner(http: aiohttp.ClientSession, broker_manager: str
+                      ) -> dict[str, Any] | None:
+    """paper-1's entry in the BrokerManager's directory once its owner is ready."""
+    async with http.get(broker_manager + "/v1/accounts", headers=AUTH) as response:
+        entry = (await response.json())["accounts"]["paper-1"]
+    return entry if entry and entry["ready"] else None
+
+
+async def answer(ws: aiohttp.ClientWebSocketResponse, cid: str, kind: str) -> dict[str, Any]:
+    """The next session event of type `kind` about `cid` on the link `ws`."""
+    async with asyncio.timeout(10):
+        while True:
+            frame = orjson.loads((await ws.receive()).data)
+            event = frame.get("event", {})
+            if (event.get("client_order_id"), event.get("type")) == (cid, kind):
+                return event  # type: ignore[no-any-return]
+
+
 async def test_a_repeat_of_an_order_the_owner_let_go_is_answered_from_the_journal(
         broker_manager: str, http: aiohttp.ClientSession) -> None:
-    async def owner() -> dict[str, Any] | None:
-        async with http.get(broker_manager + "/v1/accounts", headers=AUTH) as response:
-            entry = (await response.json())["accounts"]["paper-1"]
-        return entry if entry and entry["ready"] else None
-
-    ws, _ = await open_link(http, (await until(owner, "an owner of paper-1"))["url"])
-
-    async def answer(cid: str, kind: str) -> dict[str, Any]:
-        async with asyncio.timeout(10):
-            while True:
-                frame = orjson.loads((await ws.receive()).data)
-                event = frame.get("event", {})
-                if (event.get("client_order_id"), event.get("type")) == (cid, kind):
-                    return event  # type: ignore[no-any-return]
+    ws, _ = await open_link(http, (await until(lambda: ready_owner(http, broker_manager), "an owner of paper-1"))["url"])
 
     # The config keeps 100 finished orders: the 101st to finish lets the first go.
     for i in range(101):
         await ws.send_bytes(route(sell(f"c{i}", "61000")))
-        await answer(f"c{i}", "order_accepted")
+        await answer(ws, f"c{i}", "order_accepted")
         await ws.send_bytes(route({"type": "cancel_order", "client_order_id": f"c{i}",
                                    "account": "paper-1"}))
-        await answer(f"c{i}", "order_cancelled")
+        await answer(ws, f"c{i}", "order_cancelled")
     await ws.send_bytes(route(sell("c0", "61000")))
-    again = await answer("c0", "order_snapshot")
+    again = await answer(ws, "c0", "order_snapshot")
     assert (again["status"], again["price"], "seq" in again) == ("cancelled", "61000", False)
-    async with http.get((await owner())["url"] + "/v1/status") as response:  # type: ignore[index]
+    async with http.get((await ready_owner(http, broker_manager))["url"] + "/v1/status") as response:  # type: ignore[index]
         info = (await response.json())["info"]
     assert (info["orders"], info["orders_in_memory"], info["open_orders"]) == (101, 100, 0)
     await ws.close()
@@ -241,31 +246,18 @@ async def test_a_repeat_of_an_order_the_owner_let_go_is_answered_from_the_journa
 
 async def test_snapshots_stored_while_the_owner_runs_bound_what_a_replacement_replays(
         broker_manager: str, data_dir: Path, http: aiohttp.ClientSession) -> None:
-    async def owner() -> dict[str, Any] | None:
-        async with http.get(broker_manager + "/v1/accounts", headers=AUTH) as response:
-            entry = (await response.json())["accounts"]["paper-1"]
-        return entry if entry and entry["ready"] else None
-
-    first = await until(owner, "an owner of paper-1")
+    first = await until(lambda: ready_owner(http, broker_manager), "an owner of paper-1")
     ws, _ = await open_link(http, first["url"])
-
-    async def answer(cid: str, kind: str) -> dict[str, Any]:
-        async with asyncio.timeout(10):
-            while True:
-                frame = orjson.loads((await ws.receive()).data)
-                event = frame.get("event", {})
-                if (event.get("client_order_id"), event.get("type")) == (cid, kind):
-                    return event  # type: ignore[no-any-return]
 
     # The config stores a snapshot every 100 entries; 60 orders placed and cancelled are ~300.
     for i in range(60):
         await ws.send_bytes(route(sell(f"c{i}", "61000")))
-        await answer(f"c{i}", "order_accepted")
+        await answer(ws, f"c{i}", "order_accepted")
         await ws.send_bytes(route({"type": "cancel_order", "client_order_id": f"c{i}",
                                    "account": "paper-1"}))
-        await answer(f"c{i}", "order_cancelled")
+        await answer(ws, f"c{i}", "order_cancelled")
     await ws.send_bytes(route(sell("kept", "62000")))
-    await answer("kept", "order_accepted")
+    await answer(ws, "kept", "order_accepted")
 
     async def stored() -> dict[str, Any] | None:
         async with http.get(first["url"] + "/v1/status") as response:
@@ -280,7 +272,7 @@ async def test_snapshots_stored_while_the_owner_runs_bound_what_a_replacement_re
     await ws.receive(timeout=10)
 
     async def replacement() -> dict[str, Any] | None:
-        entry = await owner()
+        entry = await ready_owner(http, broker_manager)
         return entry if entry and entry["worker_id"] != first["worker_id"] else None
 
     second = await until(replacement, "a new owner of paper-1")
@@ -294,12 +286,11 @@ async def test_snapshots_stored_while_the_owner_runs_bound_what_a_replacement_re
     assert info["rebuilt"] == {"snapshot_seq": taken, "replayed": after} and after < 200
     assert (info["orders"], info["open_orders"], info["orders_in_memory"]) == (61, 1, 61)
     ws2, _ = await open_link(http, second["url"])
-    ws = ws2  # `answer` reads from the new link
     await ws2.send_bytes(route(sell("c0", "61000")))  # a repeat: the same order, not a new one
-    again = await answer("c0", "order_snapshot")
+    again = await answer(ws2, "c0", "order_snapshot")
     assert again["status"] == "cancelled"
     await ws2.send_bytes(route(sell("next", "63000")))
-    assert (await answer("next", "order_accepted"))["seq"] == 122  # 60 x 2 + kept + next
+    assert (await answer(ws2, "next", "order_accepted"))["seq"] == 122  # 60 x 2 + kept + next
     await ws2.close()
 
 

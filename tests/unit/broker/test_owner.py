@@ -436,17 +436,23 @@ async def test_finished_orders_past_the_limit_keep_only_their_ids_across_owners(
                if k == "request" and p["msg"]["client_order_id"] == "c1") == 2  # new + cancel
 
 
+async def trade_a_little(owner: AccountOwner, out: Outbox, counterparty: PaperAdapter,
+                         cancelled: tuple[str, ...]) -> None:
+    """An order left resting, orders placed and cancelled, one sold to the counterparty."""
+    await owner.route("s1", "cust", new_order("rest", price="31000"))
+    for cid in cancelled:
+        await owner.route("s1", "cust", new_order(cid, price="32000"))
+        await owner.route("s1", "cust", {"type": "cancel_order", "client_order_id": cid,
+                                         "account": "acct"})
+    await owner.route("s1", "cust", new_order("sold", qty="0.5", price="30000"))
+    await counterparty.place_order(cross("x1", qty="0.5"))
+    await out.wait_for(lambda: "order_filled" in types(out.order_events()))
+
+
 async def test_a_new_owner_starts_from_the_last_snapshot_and_ends_where_a_full_replay_ends(
         owners: Owners, venue: PaperVenue, counterparty: PaperAdapter) -> None:
     first, out = await owners.open(1, retain_finished=2)
-    await first.route("s1", "cust", new_order("rest", price="31000"))
-    for cid in ("c1", "c2", "c3"):
-        await first.route("s1", "cust", new_order(cid, price="32000"))
-        await first.route("s1", "cust", {"type": "cancel_order", "client_order_id": cid,
-                                         "account": "acct"})
-    await first.route("s1", "cust", new_order("sold", qty="0.5", price="30000"))
-    await counterparty.place_order(cross("x1", qty="0.5"))
-    await out.wait_for(lambda: "order_filled" in types(out.order_events()))
+    await trade_a_little(first, out, counterparty, ("c1", "c2", "c3"))
 
     # The second owner replays everything and, past the threshold, stores a snapshot.
     second, _ = await owners.open(2, retain_finished=2, snapshot_after_entries=1)
@@ -476,14 +482,7 @@ async def test_a_running_owner_has_a_side_process_store_snapshots_a_takeover_sta
         owners: Owners, venue: PaperVenue, counterparty: PaperAdapter) -> None:
     first, out = await owners.open(1, retain_finished=2, snapshot_after_entries=12)
     assert first.rebuilt == {"snapshot_seq": 0, "replayed": 0} and owners.snapshot() is None
-    await first.route("s1", "cust", new_order("rest", price="31000"))
-    for cid in ("c1", "c2", "c3", "c4"):
-        await first.route("s1", "cust", new_order(cid, price="32000"))
-        await first.route("s1", "cust", {"type": "cancel_order", "client_order_id": cid,
-                                         "account": "acct"})
-    await first.route("s1", "cust", new_order("sold", qty="0.5", price="30000"))
-    await counterparty.place_order(cross("x1", qty="0.5"))
-    await out.wait_for(lambda: "order_filled" in types(out.order_events()))
+    await trade_a_little(first, out, counterparty, ("c1", "c2", "c3", "c4"))
 
     async def stored() -> None:  # the side process runs on its own; the owner goes on
         while first.snapshots_stored == 0 or first.info()["snapshot"]["storing"]:
