@@ -224,21 +224,27 @@ async def answer(ws: aiohttp.ClientWebSocketResponse, cid: str, kind: str) -> di
                 return event  # type: ignore[no-any-return]
 
 
-async def test_a_repeat_of_an_order_the_owner_let_go_is_answered_from_the_journal(
-        broker_manager: str, http: aiohttp.ClientSession) -> None:
-    ws, _ = await open_link(http, (await until(lambda: ready_owner(http, broker_manager), "an owner of paper-1"))["url"])
-
-    # The config keeps 100 finished orders: the 101st to finish lets the first go.
-    for i in range(101):
+async def place_and_cancel(ws: aiohttp.ClientWebSocketResponse, count: int) -> None:
+    """Orders c0, c1, ... placed and cancelled, one at a time."""
+    for i in range(count):
         await ws.send_bytes(route(sell(f"c{i}", "61000")))
         await answer(ws, f"c{i}", "order_accepted")
         await ws.send_bytes(route({"type": "cancel_order", "client_order_id": f"c{i}",
                                    "account": "paper-1"}))
         await answer(ws, f"c{i}", "order_cancelled")
+
+
+async def test_a_repeat_of_an_order_the_owner_let_go_is_answered_from_the_journal(
+        broker_manager: str, http: aiohttp.ClientSession) -> None:
+    owner = await until(lambda: ready_owner(http, broker_manager), "an owner of paper-1")
+    ws, _ = await open_link(http, owner["url"])
+
+    # The config keeps 100 finished orders: the 101st to finish lets the first go.
+    await place_and_cancel(ws, 101)
     await ws.send_bytes(route(sell("c0", "61000")))
     again = await answer(ws, "c0", "order_snapshot")
     assert (again["status"], again["price"], "seq" in again) == ("cancelled", "61000", False)
-    async with http.get((await ready_owner(http, broker_manager))["url"] + "/v1/status") as response:  # type: ignore[index]
+    async with http.get(owner["url"] + "/v1/status") as response:
         info = (await response.json())["info"]
     assert (info["orders"], info["orders_in_memory"], info["open_orders"]) == (101, 100, 0)
     await ws.close()
@@ -250,12 +256,7 @@ async def test_snapshots_stored_while_the_owner_runs_bound_what_a_replacement_re
     ws, _ = await open_link(http, first["url"])
 
     # The config stores a snapshot every 100 entries; 60 orders placed and cancelled are ~300.
-    for i in range(60):
-        await ws.send_bytes(route(sell(f"c{i}", "61000")))
-        await answer(ws, f"c{i}", "order_accepted")
-        await ws.send_bytes(route({"type": "cancel_order", "client_order_id": f"c{i}",
-                                   "account": "paper-1"}))
-        await answer(ws, f"c{i}", "order_cancelled")
+    await place_and_cancel(ws, 60)
     await ws.send_bytes(route(sell("kept", "62000")))
     await answer(ws, "kept", "order_accepted")
 

@@ -209,9 +209,8 @@ class Journal(JournalReader):
             "SELECT ?,?,?,?,?,? WHERE (SELECT epoch FROM owner WHERE id = 1) = ?",
             (ts, kind, self.epoch, session_id, session_seq, body, self.epoch))
         if cursor.rowcount != 1:
-            owner = self._db.execute("SELECT epoch FROM owner WHERE id = 1").fetchone()
             raise JournalFenced(f"journal {self.path.name} now belongs to epoch "
-                                f"{owner[0] if owner else '?'}; this worker is {self.epoch}")
+                                f"{self.owner_epoch() or '?'}; this worker is {self.epoch}")
         if session_id is not None and session_seq is not None:
             self._session_seqs[session_id] = session_seq
         return Entry(int(cursor.lastrowid or 0), ts, kind, self.epoch, session_id, session_seq,

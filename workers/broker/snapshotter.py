@@ -8,8 +8,9 @@ of the last entry it read. It never writes to the journal and never takes its wr
 owner goes on appending meanwhile. It runs at a lower priority, on the other core when there
 is one, and prints one JSON line: `seq`, whether it `stored` it, and what it cost.
 
-It dies with the Broker that started it. Exit status: 0 done (or nothing new to store), 3 the epoch no longer owns the journal, 1 any
-other failure (the owner logs it and tries again later; nothing is lost either way).
+It dies with the Broker that started it. Exit status: 0 done (or nothing new to store), 3 the
+epoch no longer owns the journal, 1 any other failure (the owner logs it and tries again
+later; nothing is lost either way).
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def store(job: dict[str, Any]) -> dict[str, Any]:
         if reader.owner_epoch() != epoch:
             raise SnapshotFenced(f"{journal_path.name}: epoch {epoch} no longer owns it")
         rebuilt = rebuild_books(account, time.time_ns, reader, target, config, log)
-        seq = rebuilt.last_seq
-        if seq <= stored_seq(target):
-            return {"seq": stored_seq(target), "stored": False}
+        seq, stored_already = rebuilt.last_seq, stored_seq(target)
+        if seq <= stored_already:
+            return {"seq": stored_already, "stored": False}
         manager = rebuilt.position_manager(account, limits, {}, retain)
         stored = write_snapshot(target, seq, epoch, state_of(config, rebuilt.book, manager,
                                                              rebuilt.customers),

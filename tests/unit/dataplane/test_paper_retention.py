@@ -22,26 +22,19 @@ from protocol.errors import ErrorCode
 from protocol.market import BookDelta, Ticker
 from protocol.orders import NewOrder, OrderAccepted, OrderStatus
 from workers.broker.adapters.paper.adapter import PaperVenue
-from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
+from workers.broker.adapters.paper.config import PaperConfig
 from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine, OrderRefused
 from workers.broker.adapters.paper.server import OrderProblem, create_app, submit_order
 from workers.broker.adapters.paper.store import PaperStore
 
 from .conftest import SPEC, START_NS, order
+from .test_paper_store import CONFIG as STORE_CONFIG
 
 pytestmark = pytest.mark.timeout(120)
 
 D = Decimal
 KEEP = 100
-CONFIG = PaperConfig(
-    instruments=[PaperInstrument(instrument="BTC/USD", tick_size="0.5", lot_size="0.01",
-                                 initial_price="30000")],
-    step_interval_s=3600,
-    maker_fee_bps="10",
-    taker_fee_bps="20",
-    retain_finished_orders=KEEP,
-    retain_fills=KEEP,
-)
+CONFIG = STORE_CONFIG.model_copy(update={"retain_finished_orders": KEEP, "retain_fills": KEEP})
 
 
 class Clock:
