@@ -10,8 +10,14 @@ writer (PASSIVE). A passive checkpoint copies what the WAL held when it began, a
 rewound only when a write finds all of it copied; under a steady stream of writes (every 2 ms
 is enough) that never happens and the WAL grows without end. So once the file is past
 `wal_limit` a RESTART checkpoint follows: it holds writes back while it copies the little the
-passive one left and syncs (one write in a few thousand then waits a few ms), and the next
-write starts the WAL over.
+passive one left and syncs (1-3 ms), and the next write starts the WAL over.
+
+A RESTART also has to wait until no reader is using the WAL, and it waits holding writes back.
+A reader that takes its time (the snapshot side process reads 20,000 entries in one query)
+would so stall every write for as long as the checkpoint's busy handler lets it wait (110 ms
+was seen). The thread therefore has no busy handler at all: a RESTART that finds a write in
+progress or a reader in its way gives up at once, and is tried again `RESTART_RETRY_S` later,
+up to `RESTART_TRIES` times a round; meanwhile the WAL grows a little past its limit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 
 CHECKPOINT_EVERY_S = 1.0
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
+RESTART_TRIES = 5
+RESTART_RETRY_S = 0.01
 
 
 class Checkpointer:
@@ -32,6 +40,8 @@ class Checkpointer:
         self.path = path
         self.every_s = every_s
         self.wal_limit = wal_limit
+        self.rewinds = 0  # RESTART checkpoints that went through
+        self.deferred = 0  # RESTART attempts that gave way to a write or a reader
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"wal-checkpoint:{path.name}")
@@ -58,8 +68,7 @@ class Checkpointer:
 
     def _loop(self) -> None:
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=1,
-                                 check_same_thread=False)
+            db = self.connect(self.path)
         except sqlite3.Error:
             return
         wal = self.path.with_name(self.path.name + "-wal")
@@ -68,8 +77,27 @@ class Checkpointer:
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if wal.stat().st_size > self.wal_limit:
-                        db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        self.rewind(db)
                 except (sqlite3.Error, OSError):
                     continue  # busy or gone: the next round tries again
         finally:
             db.close()
+
+    @staticmethod
+    def connect(path: Path) -> sqlite3.Connection:
+        """The thread's connection: timeout=0, no busy handler, so that a RESTART never waits
+        holding writes back."""
+        return sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+
+    def rewind(self, db: sqlite3.Connection) -> bool:
+        """Try a RESTART checkpoint on `db` (the thread's connection, `connect`) up to
+        `RESTART_TRIES` times; True once one went through, so the next write rewinds the WAL."""
+        for _ in range(RESTART_TRIES):
+            busy = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+            if not busy:
+                self.rewinds += 1
+                return True
+            self.deferred += 1
+            if self._stop.wait(RESTART_RETRY_S):
+                break
+        return False

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradefleet.service.walcheckpoint import WAL_SIZE_LIMIT
+from tradefleet.service.walcheckpoint import RESTART_TRIES, WAL_SIZE_LIMIT, Checkpointer
 from workers.broker.journal import (
     LAST_ORDER_EVENT,
     Journal,
@@ -77,11 +77,11 @@ def test_every_append_that_returned_survives_a_kill_9_of_the_writer(tmp_path: Pa
     path = tmp_path / "acct.sqlite"
     writer = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from workers.broker.journal import Journal\n"
+         ("import sys; from pathlib import Path; from workers.broker.journal import Journal\n"
          f"j = Journal(Path({str(path)!r}), 'b-1', epoch=1)\n"
          "for i in range(100000):\n"
          "    j.append('order_intent', {'i': i})\n"
-         "    print(i, flush=True)\n"],
+         "    print(i, flush=True)\n")],
         stdout=subprocess.PIPE, text=True)
     assert writer.stdout is not None
     acknowledged = -1
@@ -138,6 +138,41 @@ def test_the_wal_is_cut_back_even_while_appends_never_pause(tmp_path: Path) -> N
         seqs = [e.session_seq for e in j.session_entries("s1")]
         assert seqs == list(range(1, appended + 1))
     finally:
+        j.close()
+
+
+def test_a_reader_in_the_way_makes_the_rewind_give_up_instead_of_holding_writes_back(
+        tmp_path: Path) -> None:
+    """A RESTART checkpoint waits for readers holding the write lock, so a slow reader (the
+    snapshot side process) stalled every append for as long as the checkpoint waited. The
+    checkpointer has no busy handler now: it gives way to the reader, the writer goes on, and
+    the rewind happens once the reader has gone."""
+    path = tmp_path / "acct.sqlite"
+    limit = 64 * 1024
+    j = Journal(path, "b-1", epoch=1, checkpoint_every_s=3600, wal_limit=limit)
+    checkpointer = Checkpointer(path, every_s=3600, wal_limit=limit)
+    db = Checkpointer.connect(path)
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # it never waits for a lock
+    reader = JournalReader(path)
+    wal = path.with_name(path.name + "-wal")
+    try:
+        for n in range(200):
+            j.append("event", {"n": n, "blob": "x" * 1000}, "s1")
+        slow = reader.entries()  # one query, read lazily: its snapshot stays open meanwhile
+        first = next(slow)
+        assert checkpointer.rewind(db) is False
+        assert checkpointer.deferred == RESTART_TRIES and checkpointer.rewinds == 0
+        j.append("event", {"n": 200}, "s1")  # the writer was never held back
+        assert wal.stat().st_size > limit  # and the WAL was not rewound under the reader
+        assert [first.seq] + [e.seq for e in slow] == list(range(first.seq, first.seq + 200))
+        assert checkpointer.rewind(db) is True  # the reader has gone
+        j.append("event", {"n": 201}, "s1")
+        assert wal.stat().st_size <= limit
+        assert [e.session_seq for e in j.session_entries("s1")] == list(range(1, 203))
+    finally:
+        reader.close()
+        db.close()
+        checkpointer.stop()
         j.close()
 
 
