@@ -1,7 +1,7 @@
 """`python -m bench [--json]` (what `make bench` runs): every benchmark, one after the other,
 with its default settings. Each one is also runnable alone: `python -m bench.bench_book`,
-`bench.bench_roundtrip`, `bench.bench_fanout`, `bench.bench_sessions`, `bench.bench_failover`
-(see their `--help`). `bench.compare_roundtrip` is not one of them: it compares two versions
+`bench.bench_roundtrip`, `bench.bench_fanout`, `bench.bench_sessions`, `bench.bench_failover`,
+`bench.bench_journal` (see their `--help`). `bench.compare_roundtrip` is not one of them: it compares two versions
 of the code."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_book", "bench_roundtrip", "bench_fanout", "bench_sessions", "bench_failover")
+BENCHMARKS = ("bench_book", "bench_roundtrip", "bench_fanout", "bench_sessions", "bench_failover",
+              "bench_journal")
 
 
 def main(argv: list[str]) -> int:

@@ -81,14 +81,12 @@ def run_case(case: str, seconds: float, rate: float, wal_limit: int,
         watcher.start()
         samples: list[float] = []
         gap = 1.0 / rate
-        start = time.perf_counter()
-        due = start
-        number = 0
-        while due - start < seconds:
+        number = max(1, round(seconds * rate))
+        due = time.perf_counter()
+        for _ in range(number):
             now = time.perf_counter()
             if now < due:
                 time.sleep(due - now)
-            number += 1
             t0 = time.perf_counter_ns()
             journal.append("event", PAYLOAD, session_id="s-1")
             samples.append((time.perf_counter_ns() - t0) / 1000)

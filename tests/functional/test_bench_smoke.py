@@ -93,3 +93,15 @@ def test_the_failover_benchmark_kills_the_broker_and_times_the_way_back() -> Non
     (row,) = json.loads(proc.stdout)["summary"]
     assert row["orders"] == 3 and row["journal_mb"] > 0
     assert 0 < row["seconds"] < 120 and row["over_baseline"] == 1.0
+
+
+@pytest.mark.timeout(120)
+def test_the_journal_benchmark_times_appends_in_each_case() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_journal", "--seconds", "0.5",
+                           "--rate", "200", "--repeats", "1", "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = json.loads(proc.stdout)["median"]
+    assert set(table) == {"bare", "checkpointed", "checkpointed + reader"}
+    for row in table.values():
+        assert row["appends"] == 100 and 0 < row["p50"] <= row["max"]
