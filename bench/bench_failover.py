@@ -35,8 +35,16 @@ from typing import Any
 import aiohttp
 
 from bench.bench_roundtrip import (
-    REPO, PlatformSession, acked, fleet_pids, order_frame, start_fleet, stop_fleet, until,
-    wait_file)
+    REPO,
+    PlatformSession,
+    acked,
+    fleet_pids,
+    order_frame,
+    start_fleet,
+    stop_fleet,
+    until,
+    wait_file,
+)
 from bench.harness import machine
 from managers.supervision import STABLE_AFTER_S
 

@@ -32,7 +32,14 @@ from typing import Any
 import aiohttp
 
 from bench.bench_roundtrip import (
-    REPO, PlatformSession, Side, fleet_pids, start_fleet, stop_fleet, wait_file)
+    REPO,
+    PlatformSession,
+    Side,
+    fleet_pids,
+    start_fleet,
+    stop_fleet,
+    wait_file,
+)
 from bench.harness import machine, percentiles
 
 PROCESSES = ("market", "broker", "paper")

@@ -28,7 +28,6 @@ import asyncio
 import itertools
 import sys
 import time
-from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
