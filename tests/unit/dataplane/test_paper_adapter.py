@@ -290,15 +290,51 @@ async def test_malformed_replay_file_is_fatal_and_names_the_line(tmp_path) -> No
         await paper.connect()
 
 
+async def test_the_market_steps_one_instrument_at_a_time_with_the_loop_free_between(
+        monkeypatch) -> None:
+    """A step of the whole market held the event loop for all of it (~1.6 ms for two
+    instruments): an order arriving meanwhile waited. The venue now lets the loop run between
+    instruments; a callback scheduled during the first instrument's step has run by the
+    second's."""
+    two = CONFIG.model_copy(update={
+        "step_interval_s": 0.001,
+        "instruments": [*CONFIG.instruments, CONFIG.instruments[0].model_copy(
+            update={"instrument": "ETH/USD", "initial_price": D("2000")})]})
+    paper = PaperAdapter(two, "algo")
+    walk = paper.paper_venue._walk
+    real = walk.step_instrument
+    seen: list[tuple[int, bool]] = []
+    ran: list[bool] = []
+    both = asyncio.get_running_loop().create_future()
+
+    def step_instrument(index: int) -> list:
+        if index == 0:
+            ran.clear()
+            asyncio.get_running_loop().call_soon(ran.append, True)
+        seen.append((index, bool(ran)))
+        if len(seen) >= 4 and not both.done():
+            both.set_result(None)
+        return real(index)
+
+    monkeypatch.setattr(walk, "step_instrument", step_instrument)
+    await paper.connect()
+    try:
+        await asyncio.wait_for(both, 5)
+    finally:
+        await paper.close()
+    assert seen[:4] == [(0, False), (1, True), (0, False), (1, True)]
+    assert walk.steps >= 2  # a step counts once both instruments moved
+
+
 async def test_a_failing_market_step_is_reported_as_a_lost_connection(monkeypatch) -> None:
     from workers.broker.adapters.base import ConnectionChanged
 
     paper = PaperAdapter(CONFIG.model_copy(update={"step_interval_s": 0.001}), "algo")
 
-    def broken_step() -> list:
+    def broken_step(index: int) -> list:
         raise RuntimeError("walk exploded")
 
-    monkeypatch.setattr(paper.paper_venue._walk, "step", broken_step)
+    monkeypatch.setattr(paper.paper_venue._walk, "step_instrument", broken_step)
     await paper.connect()
     notice = await asyncio.wait_for(anext(paper.events()), 5)
     assert isinstance(notice, ConnectionChanged) and not notice.connected

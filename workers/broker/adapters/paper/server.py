@@ -127,7 +127,6 @@ from tradefleet.service import logs
 from tradefleet.service import metrics as metrics_http
 from tradefleet.service.loop import run
 from tradefleet.service.tokens import load_or_create_secrets
-from tradefleet.service.wsframes import BINARY, direct_transport, server_frame
 from tradefleet.service.web import (
     ApiError,
     json_response,
@@ -135,6 +134,7 @@ from tradefleet.service.web import (
     require_token,
     validation_problem,
 )
+from tradefleet.service.wsframes import BINARY, direct_transport, server_frame
 from workers.broker.adapters.base import (
     AdapterEvent,
     ConnectionChanged,
