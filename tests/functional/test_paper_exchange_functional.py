@@ -257,7 +257,7 @@ async def test_every_request_and_the_stream_need_the_service_token(exchange: Exc
 
 
 async def test_limit_and_market_orders_fill_and_the_ledger_is_the_sum_of_the_fills(
-    connect: Callable[..., Any],
+    connect: Callable[..., Any], exchange: Exchange,
 ) -> None:
     adapter: RemotePaperAdapter = await connect("ledger-check")
     events = Events(adapter)
@@ -296,6 +296,25 @@ async def test_limit_and_market_orders_fill_and_the_ledger_is_the_sum_of_the_fil
         e.fill for e in events.seen if isinstance(e, OrderFilled | OrderPartiallyFilled)
     ]
     assert streamed and await adapter.fills_since(t0) == streamed
+    # A page per request: the venue never reads more than a page for one; the pages make up
+    # the same fills, in order, whatever their size.
+    assert len(streamed) >= 2
+    for page in (1, len(streamed) - 1, len(streamed)):
+        adapter.fills_page = page
+        assert await adapter.fills_since(t0) == streamed
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        fills_url = exchange.url + "/v1/accounts/ledger-check/fills"
+        async with http.get(fills_url, params={"since": str(t0), "offset": "1",
+                                               "limit": "1"}) as resp:
+            answer = await resp.json()
+            assert answer["more"] is True and [f["fill_id"] for f in answer["fills"]] == [
+                streamed[1].fill_id]
+        for params in ({"limit": "0"}, {"limit": "1001"}, {"offset": "-1"}, {"since": "x"},
+                       {"offset": "1e3"}):
+            async with http.get(fills_url, params=params) as resp:
+                assert resp.status == 400, params
+                error = (await resp.json())["error"]
+                assert error["code"] == "invalid_field" and error["field"] == next(iter(params))
 
     ledger = await adapter.ledger()
     bought = sum((f.qty * f.price for f in streamed if f.side is Side.BUY), D(0))
@@ -590,7 +609,7 @@ async def test_a_killed_exchange_restarts_with_its_accounts_orders_and_fills(
     try:
         await adapter.connect()
         events = Events(adapter)
-        bid, ask = await top_of_book(adapter, events)
+        bid, _ask = await top_of_book(adapter, events)
         await adapter.place_order(market("bought", "survivor", "buy", "0.02"))
         await events.until(finished("bought"))
         rest_price = (bid * D("0.8")).quantize(TICK)

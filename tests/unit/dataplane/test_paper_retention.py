@@ -225,6 +225,14 @@ def test_fills_since_a_time_are_exact_when_the_clock_went_back(pair: Pair) -> No
     times = sorted({f.ts for f in fills})
     for since in times[::7] + [times[-1] + 1]:
         pair.ask("fills", "alice", since)
+    # Pages (what the server answers, a page per request) are slices of the same list, read
+    # from the store alone where the answer reaches back past memory.
+    for since in (0, times[len(times) // 3]):
+        whole = pair.ask("fills", "alice", since)
+        for size in (1, 7, KEEP, 3 * KEEP):
+            pages = [pair.ask("fills", "alice", since, offset, size)
+                     for offset in range(0, len(whole) + size, size)]
+            assert [f for page in pages for f in page] == whole and pages[-1] == []
 
 
 def test_the_server_answers_a_repeat_of_a_forgotten_order_with_the_stored_order(

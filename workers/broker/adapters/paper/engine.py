@@ -84,8 +84,10 @@ class Archive(Protocol):
         """The order's last state, or None if there never was one."""
         ...
 
-    def fills(self, account: str, since_ts: int) -> list[Fill]:
-        """Fills of `account` with ts >= since_ts, in the order they happened."""
+    def fills(self, account: str, since_ts: int, offset: int = 0, limit: int | None = None
+              ) -> list[Fill]:
+        """Fills of `account` with ts >= since_ts, in the order they happened: `limit` of them
+        (all for None) from the `offset`th on."""
         ...
 
 
@@ -187,17 +189,25 @@ class MatchingEngine:
         """Working orders of `account`, oldest first."""
         return [self._snapshot(o) for o in self._working.get(account, {}).values()]
 
-    def fills(self, account: str, since_ts: int = 0) -> list[Fill]:
-        """Fills of `account` with ts >= since_ts, oldest first."""
+    def fills(self, account: str, since_ts: int = 0, offset: int = 0, limit: int | None = None
+              ) -> list[Fill]:
+        """Fills of `account` with ts >= since_ts, in the order they happened; a page of them
+        with `limit`: `limit` fills from the `offset`th on (fewer at the end)."""
+        end = None if limit is None else offset + limit
         held = [f for f in self._fills.get(account, ()) if f.ts >= since_ts]
         archived_ts = self._archived_fills.get(account)
         if self.archive is None or archived_ts is None or since_ts > archived_ts:
-            return held
+            return held[offset:end]
+        if limit is not None:
+            # Between the venue's operations the archive has every fill (each operation's
+            # are stored before anyone hears of them): a page is read from it alone, so a
+            # request reads no more than a page, however far back it asks.
+            return self.archive.fills(account, since_ts, offset, limit)
         # Some of them left memory: the archive has those and the rest, but for fills the
         # operation under way made (none, between the venue's operations).
         stored = self.archive.fills(account, since_ts)
         known = {f.fill_id for f in stored}
-        return stored + [f for f in held if f.fill_id not in known]
+        return (stored + [f for f in held if f.fill_id not in known])[offset:]
 
     def is_quiet(self, account: str) -> bool:
         """Whether `account` is one of the venue's own synthetic ones (`open_account`)."""

@@ -271,6 +271,7 @@ class RemotePaperAdapter(Adapter):
     """
 
     venue = "paper"
+    fills_page = 1000  # fills asked for per request (the venue answers 1000 at most)
 
     def __init__(
         self,
@@ -506,10 +507,17 @@ class RemotePaperAdapter(Adapter):
         return self._parse(wire.OrderList, data, "GET orders").orders
 
     async def fills_since(self, ts: int) -> list[Fill]:
-        data = await self._call(
-            "GET", self._account_path("fills"), params={"since": str(max(0, ts))}
-        )
-        return self._parse(wire.FillList, data, "GET fills").fills
+        """Every fill since `ts`, read a page (`fills_page`) at a time: the venue answers a
+        page per request, so asking far back never stalls it for its other accounts."""
+        fills: list[Fill] = []
+        while True:
+            params = {"since": str(max(0, ts)), "offset": str(len(fills)),
+                      "limit": str(self.fills_page)}
+            data = await self._call("GET", self._account_path("fills"), params=params)
+            page = self._parse(wire.FillList, data, "GET fills")
+            fills += page.fills
+            if not page.more or not page.fills:
+                return fills
 
     async def instruments(self) -> list[InstrumentSpec]:
         data = await self._call("GET", wire.API + "/instruments")

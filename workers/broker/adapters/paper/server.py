@@ -47,7 +47,11 @@ REST:
         200 {"created": false, "order": OrderSnapshot}    any order, finished ones included
     GET    /v1/accounts/{account}/orders?open=1    200 {"orders": [OrderSnapshot…]} working
                                                    orders, oldest first
-    GET    /v1/accounts/{account}/fills?since=NS   200 {"fills": [Fill…]} fills with ts >= NS
+    GET    /v1/accounts/{account}/fills?since=NS&offset=K&limit=N
+        200 {"fills": [Fill…], "more": bool}    fills with ts >= NS in the order they
+                             happened, a page: N of them (default and most 1000) from the Kth
+                             on (default 0); `more` when the page is full (ask again with
+                             offset K + N)
     GET    /v1/accounts/{account}/ledger           200 {"account", "cash": {ccy: amount},
                                                    "positions": [Position…],
                                                    "fees_paid": {ccy: amount}, "ts"}
@@ -396,19 +400,30 @@ async def list_orders(request: web.Request) -> web.Response:
     return json_response(wire.OrderList(orders=request.app[VENUE].engine.open_orders(account)))
 
 
+FILLS_PAGE = 1000  # fills per answer at most: a request reads no more, however far back
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int,
+               meaning: str) -> int:
+    """The query parameter `name` as an integer in [low, high]; 400 invalid_field if not."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if text.isascii() and text.isdigit() and len(text) <= 20 and low <= int(text) <= high:
+        return int(text)
+    raise ApiError(400, ErrorCode.INVALID_FIELD, f"{name} must be {meaning}", name)
+
+
 async def list_fills(request: web.Request) -> web.Response:
     _authorize(request)
     account = _account(request, request.match_info["account"])
-    since_text = request.query.get("since", "0")
-    if not (since_text.isascii() and since_text.isdigit()) or len(since_text) > 20:
-        raise ApiError(
-            400,
-            ErrorCode.INVALID_FIELD,
-            "since must be a time in integer ns since the epoch",
-            "since",
-        )
-    fills = request.app[VENUE].engine.fills(account, int(since_text))
-    return json_response(wire.FillList(fills=fills))
+    since = _query_int(request, "since", 0, 0, 2**63 - 1,
+                       "a time in integer ns since the epoch")
+    offset = _query_int(request, "offset", 0, 0, 2**63 - 1, "a whole number of fills")
+    limit = _query_int(request, "limit", FILLS_PAGE, 1, FILLS_PAGE,
+                       f"a number of fills from 1 to {FILLS_PAGE}")
+    fills = request.app[VENUE].engine.fills(account, since, offset, limit)
+    return json_response(wire.FillList(fills=fills, more=len(fills) == limit))
 
 
 def ledger_view(venue: PaperVenue, account: str) -> wire.LedgerView:

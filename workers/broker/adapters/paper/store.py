@@ -232,11 +232,13 @@ class PaperStore:
             (account, client_order_id)).fetchone()
         return None if row is None else order_from_state(orjson.loads(row[0]))
 
-    def fills(self, account: str, since_ts: int) -> list[Fill]:
-        """Fills of `account` with ts >= since_ts, in the order they happened."""
+    def fills(self, account: str, since_ts: int, offset: int = 0, limit: int | None = None
+              ) -> list[Fill]:
+        """Fills of `account` with ts >= since_ts, in the order they happened: `limit` of them
+        (all for None) from the `offset`th on."""
         return [Fill.model_validate_json(fill) for (fill,) in self._db.execute(
-            "SELECT fill FROM fills WHERE account = ? AND ts >= ? ORDER BY seq",
-            (account, since_ts))]
+            "SELECT fill FROM fills WHERE account = ? AND ts >= ? ORDER BY seq LIMIT ? OFFSET ?",
+            (account, since_ts, -1 if limit is None else limit, offset))]
 
     # ------------------------------------------------------------ recording
 

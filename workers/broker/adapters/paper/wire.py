@@ -83,7 +83,11 @@ class OrderList(Frozen):
 
 
 class FillList(Frozen):
-    fills: list[Fill] = Field(description="Fills with ts >= since, oldest first.")
+    fills: list[Fill] = Field(description="Fills with ts >= since, oldest first: one page.")
+    more: bool = Field(
+        default=False,
+        description="The page is full: ask again with `offset` moved on by its length.",
+    )
 
 
 class InstrumentList(Frozen):
