@@ -15,9 +15,10 @@ passive one left and syncs (1-3 ms), and the next write starts the WAL over.
 A RESTART also has to wait until no reader is using the WAL, and it waits holding writes back.
 A reader that takes its time (the snapshot side process reads 20,000 entries in one query)
 would so stall every write for as long as the checkpoint's busy handler let it wait (appends
-of up to 185 ms in `bench.bench_journal`). The thread therefore has no busy handler at all: a RESTART that finds a write in
-progress or a reader in its way gives up at once, and is tried again `RESTART_RETRY_S` later,
-up to `RESTART_TRIES` times a round; meanwhile the WAL grows a little past its limit.
+of up to 185 ms in `bench.bench_journal`). The thread therefore has no busy handler at all: a
+RESTART that finds a write in progress or a reader in its way gives up at once, and is tried
+again `RESTART_RETRY_S` later, up to `RESTART_TRIES` times a round; meanwhile the WAL grows a
+little past its limit.
 """
 
 from __future__ import annotations

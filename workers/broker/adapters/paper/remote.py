@@ -271,7 +271,7 @@ class RemotePaperAdapter(Adapter):
     """
 
     venue = "paper"
-    fills_page = 1000  # fills asked for per request (the venue answers 1000 at most)
+    fills_page = wire.FILLS_PAGE  # fills asked for per request (the venue's most)
 
     def __init__(
         self,

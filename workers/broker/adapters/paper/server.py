@@ -400,9 +400,6 @@ async def list_orders(request: web.Request) -> web.Response:
     return json_response(wire.OrderList(orders=request.app[VENUE].engine.open_orders(account)))
 
 
-FILLS_PAGE = 1000  # fills per answer at most: a request reads no more, however far back
-
-
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int,
                meaning: str) -> int:
     """The query parameter `name` as an integer in [low, high]; 400 invalid_field if not."""
@@ -420,8 +417,8 @@ async def list_fills(request: web.Request) -> web.Response:
     since = _query_int(request, "since", 0, 0, 2**63 - 1,
                        "a time in integer ns since the epoch")
     offset = _query_int(request, "offset", 0, 0, 2**63 - 1, "a whole number of fills")
-    limit = _query_int(request, "limit", FILLS_PAGE, 1, FILLS_PAGE,
-                       f"a number of fills from 1 to {FILLS_PAGE}")
+    limit = _query_int(request, "limit", wire.FILLS_PAGE, 1, wire.FILLS_PAGE,
+                       f"a number of fills from 1 to {wire.FILLS_PAGE}")
     fills = request.app[VENUE].engine.fills(account, since, offset, limit)
     return json_response(wire.FillList(fills=fills, more=len(fills) == limit))
 

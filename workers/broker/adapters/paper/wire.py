@@ -82,6 +82,10 @@ class OrderList(Frozen):
     orders: list[OrderSnapshot] = Field(description="Working orders, oldest first.")
 
 
+FILLS_PAGE = 1000
+"""Fills in one answer of `GET …/fills` at most: a request reads no more, however far back."""
+
+
 class FillList(Frozen):
     fills: list[Fill] = Field(description="Fills with ts >= since, oldest first: one page.")
     more: bool = Field(
