@@ -8,12 +8,15 @@ killed -9 loses nothing: its replacement rebuilds orders, positions and exits fr
 
 Order events addressed to an algo session carry a per-session sequence number assigned here, so
 any Market worker can replay a session's missed events after a resume, none lost or duplicated.
+Which customer each session belongs to is kept here too (table `sessions`), so that the owner
+holds in memory only the sessions it has heard from lately, however many the account has had.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +51,16 @@ CREATE INDEX IF NOT EXISTS entries_order ON entries(json_extract(payload, '$.cli
 -- (`workers.broker.snapshots`), which another process can write without taking this one's
 -- write lock. Derived data: dropping them loses nothing.
 DROP TABLE IF EXISTS snapshots;
+-- The customer of every algo session that ever sent this account a request: a repeat of an
+-- order long gone from memory is answered to its own customer only. Written when the owner
+-- first hears of a session, before the entry that names it.
+CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, customer TEXT NOT NULL)
+    WITHOUT ROWID;
 """
+
+# How many sessions' last seq and customer the owner keeps at hand; an older one costs a read
+# by index. An account has had as many sessions as algos ever connected to it: unbounded.
+SESSION_CACHE = 4096
 
 LAST_ORDER_EVENT = (
     "SELECT seq, ts, kind, epoch, session_id, session_seq, payload FROM entries "
@@ -157,10 +169,13 @@ class Journal(JournalReader):
         self._db.execute("PRAGMA synchronous=" + ("FULL" if durability == "power" else "NORMAL"))
         self._db.executescript(SCHEMA)
         self._claim(worker_id)
-        # Last session_seq per session, read once from the file: while this epoch owns the
-        # journal nobody else appends (every append re-checks the owner in its transaction),
-        # so the cache cannot go stale without the next append failing with JournalFenced.
-        self._session_seqs: dict[str, int] = {}
+        # Last session_seq per recent session, read from the file when not at hand: while this
+        # epoch owns the journal nobody else appends (every append re-checks the owner in its
+        # transaction), so the cache cannot go stale without the next append failing with
+        # JournalFenced. The customer of recent sessions likewise (`customer_of`).
+        self._cache_size = SESSION_CACHE
+        self._session_seqs: OrderedDict[str, int] = OrderedDict()
+        self._customers: OrderedDict[str, str] = OrderedDict()
         # Checkpoints (copying the WAL into the file, with an fsync) run in a thread of their
         # own, never inside an append: done inline they cost an order a few ms now and then.
         self._checkpointer = Checkpointer.take_over(self._db, path, every_s=checkpoint_every_s,
@@ -212,6 +227,56 @@ class Journal(JournalReader):
             raise JournalFenced(f"journal {self.path.name} now belongs to epoch "
                                 f"{self.owner_epoch() or '?'}; this worker is {self.epoch}")
         if session_id is not None and session_seq is not None:
-            self._session_seqs[session_id] = session_seq
+            _keep(self._session_seqs, session_id, session_seq, self._cache_size)
         return Entry(int(cursor.lastrowid or 0), ts, kind, self.epoch, session_id, session_seq,
                      payload)
+
+    def customer_of(self, session_id: str) -> str | None:
+        """The customer the session `session_id` belongs to (None: never heard of)."""
+        customer = self._customers.get(session_id)
+        if customer is not None:
+            self._customers.move_to_end(session_id)
+            return customer
+        row = self._db.execute("SELECT customer FROM sessions WHERE session_id = ?",
+                               (session_id,)).fetchone()
+        if row is None:
+            return None
+        _keep(self._customers, session_id, row[0], self._cache_size)
+        return str(row[0])
+
+    def note_session(self, session_id: str, customer: str) -> None:
+        """Record that `session_id` belongs to `customer` (a write only the first time)."""
+        if self.customer_of(session_id) == customer:
+            return
+        self.note_sessions({session_id: customer})
+
+    def note_sessions(self, customers: dict[str, str]) -> None:
+        """Record many sessions' customers in one transaction (a rebuild's, a migration's).
+
+        Raises `JournalFenced` if a newer owner has claimed the journal; nothing is written.
+        """
+        if not customers:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.owner_epoch() != self.epoch:
+                raise JournalFenced(f"journal {self.path.name} now belongs to epoch "
+                                    f"{self.owner_epoch() or '?'}; this worker is {self.epoch}")
+            self._db.executemany(
+                "INSERT INTO sessions VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE "
+                "SET customer = excluded.customer WHERE customer != excluded.customer",
+                customers.items())
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        for session_id, customer in customers.items():
+            _keep(self._customers, session_id, customer, self._cache_size)
+
+
+def _keep(cache: OrderedDict[str, Any], key: str, value: Any, size: int) -> None:
+    """Put `key` in a least-recently-used cache of at most `size` entries."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)

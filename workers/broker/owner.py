@@ -48,6 +48,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -55,7 +56,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 import structlog
@@ -129,8 +130,8 @@ from workers.broker.snapshots import (
     RISK,
     SNAPSHOT_AFTER_ENTRIES,
     SnapshotFenced,
-    note_customer,
     rebuild_books,
+    session_customer,
     snapshot_config,
     snapshot_path,
     state_of,
@@ -139,6 +140,7 @@ from workers.broker.snapshots import (
 from workers.broker.streams import StreamKey
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 MARKET_EVENTS = (Ticker, Trade, BookSnapshot, BookDelta, Candle)
 VENUE_ATTEMPTS = 3
@@ -277,7 +279,6 @@ class AccountOwner:
         self.last_reconcile: dict[str, Any] = {}
         self._limits = limits if limits is not None else RiskLimits()
         self.risk: risk.PositionManager | None = None
-        self._customers: dict[str, str] = {}  # session → customer, from the journal
         self._watched: dict[str, asyncio.Event] = {}  # instrument → "a price has come"
         self._ticker: asyncio.Task[None] | None = None
         # Why the position manager cancelled an order (kill switch, exit): the venue only
@@ -320,7 +321,10 @@ class AccountOwner:
                 rebuilt = rebuild_books(self.account, self._clock, self._journal,
                                         snapshot_path(self._journal_path),
                                         self._snapshot_config(), self._log)
-            self.book, self._customers = rebuilt.book, rebuilt.customers
+            self.book = rebuilt.book
+            # Sessions of a snapshot from before the journal kept them, and those named since
+            # the snapshot (already there, unless the owner died between the two writes).
+            self._journal_write(self._journal_or_stop().note_sessions, rebuilt.customers)
             for problem in self.book.rebuild_errors:
                 self._log.error("journal_entry_refused_on_rebuild", problem=problem)
             claimed = self._append(entries.OWNER, {"worker_id": self.worker_id,
@@ -379,8 +383,8 @@ class AccountOwner:
         started = time.monotonic()
         try:
             write_snapshot(snapshot_path(self._journal_path), seq, self.epoch,
-                           state_of(self._snapshot_config(), self.book, self.risk,
-                                    self._customers), self._still_owner)
+                           state_of(self._snapshot_config(), self.book, self.risk),
+                           self._still_owner)
         except SnapshotFenced as exc:
             self._stop(OwnerState.FENCED, str(exc))
             raise OwnerStopped(str(exc)) from exc
@@ -483,21 +487,41 @@ class AccountOwner:
                 item: Any = None) -> Entry:
         """Journal one entry; `item` is the model it was made from, if any (see
         `AccountBook.observe`)."""
+        journal = self._journal_or_stop()
+        named = session_customer(kind, payload, session_id)
+        if named is not None:  # first, so the journal knows every session an entry names
+            self._journal_write(journal.note_session, *named)
+        entry = self._journal_write(journal.append, kind, payload, session_id)
+        self.book.observe(entry, item)
+        self._maybe_snapshot(entry.seq)
+        return entry
+
+    def _journal_or_stop(self) -> Journal:
         if not self.acting or self._journal is None:
             raise OwnerStopped(self.error or "the owner has stopped")
+        return self._journal
+
+    def _journal_write(self, write: Callable[..., _T], *args: Any) -> _T:
+        """One write to the journal, `write(*args)`. If it is fenced or fails, the owner stops
+        acting at once and the caller unwinds with `OwnerStopped`."""
         try:
-            entry = self._journal.append(kind, payload, session_id)
+            return write(*args)
         except JournalFenced as exc:
             self._stop(OwnerState.FENCED, str(exc))
             raise OwnerStopped(str(exc)) from exc
         except Exception as exc:
             # Books and journal would disagree from here on: stop, a new owner rebuilds.
-            self._stop(OwnerState.FAILED, f"journal append failed: {exc!r}")
+            self._stop(OwnerState.FAILED, f"journal write failed: {exc!r}")
             raise OwnerStopped(str(exc)) from exc
-        self.book.observe(entry, item)
-        note_customer(self._customers, entry)
-        self._maybe_snapshot(entry.seq)
-        return entry
+
+    def _customer_of(self, session_id: str | None) -> str | None:
+        if not session_id or self._journal is None:
+            return None
+        try:
+            return self._journal.customer_of(session_id)
+        except sqlite3.Error:  # a read: the caller treats the session as unknown
+            self._log.exception("journal_session_unreadable", session_id=session_id)
+            return None
 
     def _notable(self, event: str, message: str, **detail: Any) -> None:
         if self._on_notable is None:
@@ -670,7 +694,7 @@ class AccountOwner:
         state comes from the journal, to its own customer only (DESIGN: a repeated
         client_order_id returns the order's state and never makes a second order)."""
         entry = self._journal.last_order_event(cid) if self._journal is not None else None
-        customer = None if entry is None else self._customers.get(entry.session_id or "")
+        customer = None if entry is None else self._customer_of(entry.session_id)
         if entry is None or customer != requester.customer:
             self._refuse_duplicate(requester, cid)
             return
@@ -1018,7 +1042,7 @@ class AccountOwner:
             if isinstance(effect, risk.Journal):
                 record = effect.record
                 session = getattr(record, "session_id", None)
-                who = customer or (self._customers.get(session) if session else None)
+                who = customer or self._customer_of(session)
                 addressed = risk.record_notice(self.account, record)
                 stamped = addressed[0] if addressed is not None \
                     and addressed[0] != NO_SESSION else None
@@ -1097,7 +1121,7 @@ class AccountOwner:
             return requester
         if session_id is None:
             return _Requester(NO_SESSION, NO_SESSION)
-        return _Requester(session_id, self._customers.get(session_id, NO_SESSION))
+        return _Requester(session_id, self._customer_of(session_id) or NO_SESSION)
 
     def _requester_of_order(self, client_order_id: str) -> _Requester:
         session = self.book.session_of(client_order_id)

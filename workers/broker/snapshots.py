@@ -1,9 +1,12 @@
 """Snapshots of an account owner's state, so that a new owner replays only what came after.
 
-The journal is the record. A snapshot is derived from it: the books (`AccountBook`), the
-position manager and the session → customer map exactly as a replay of the journal up to
-entry `seq` leaves them, under the config that shapes that replay (`snapshot_config`: the
-retention and the configured risk limits). A snapshot made under another config or format,
+The journal is the record. A snapshot is derived from it: the books (`AccountBook`) and the
+position manager exactly as a replay of the journal up to entry `seq` leaves them, under the
+config that shapes that replay (`snapshot_config`: the retention and the configured risk
+limits). Which customer each session belongs to is in the journal's own `sessions` table;
+snapshots written before that table existed carry the map (`customers`), and a rebuild from
+one hands it on, with the customers of the sessions named after it (`Rebuilt.customers`), to
+be stored there. A snapshot made under another config or format,
 or one that cannot be read, is not used: the whole journal is replayed instead. Losing one
 costs time, never data.
 
@@ -109,22 +112,23 @@ def write_snapshot(path: Path, seq: int, epoch: int, state: dict[str, Any],
     return True
 
 
-def note_customer(customers: dict[str, str], entry: Entry) -> None:
-    """Learn a session's customer from a request or a risk record."""
-    if entry.kind in (entries.REQUEST, RISK) and entry.payload.get("customer"):
-        session = entry.payload.get("session_id") or entry.session_id
-        record = entry.payload.get("record")
-        if session is None and isinstance(record, dict):
-            session = record.get("session_id")
-        if isinstance(session, str):
-            customers[session] = entry.payload["customer"]
+def session_customer(kind: str, payload: dict[str, Any], session_id: str | None
+                     ) -> tuple[str, str] | None:
+    """The (session, customer) a journal entry names: a request's or a risk record's."""
+    customer = payload.get("customer")
+    if kind not in (entries.REQUEST, RISK) or not customer:
+        return None
+    session = payload.get("session_id") or session_id
+    record = payload.get("record")
+    if session is None and isinstance(record, dict):
+        session = record.get("session_id")
+    return (session, str(customer)) if isinstance(session, str) else None
 
 
-def state_of(config: dict[str, Any], book: AccountBook, manager: risk.PositionManager,
-             customers: dict[str, str]) -> dict[str, Any]:
+def state_of(config: dict[str, Any], book: AccountBook, manager: risk.PositionManager
+             ) -> dict[str, Any]:
     """What a snapshot stores."""
-    return {"config": config, "book": book.snapshot(), "risk": manager.snapshot(),
-            "customers": customers}
+    return {"config": config, "book": book.snapshot(), "risk": manager.snapshot()}
 
 
 @dataclass
@@ -132,7 +136,7 @@ class Rebuilt:
     """The books as the journal left them, and what the position manager still needs."""
 
     book: AccountBook
-    customers: dict[str, str]
+    customers: dict[str, str]  # sessions named in an old snapshot or after it → customer
     snapshot_seq: int  # the snapshot it started from (0: none)
     journaled: list[Entry]  # the entries replayed after it
     parsed: list[Any]  # each one's tracker input, as the books' replay read it
@@ -184,7 +188,7 @@ def rebuild_books(account: str, clock: Callable[[], int], journal: JournalReader
             seq, state = found
             restored = AccountBook.restore(account, clock, state["book"])
             base = risk.PositionManager.restore(state["risk"], {})
-            customers = {str(k): str(v) for k, v in state["customers"].items()}
+            customers = {str(k): str(v) for k, v in state.get("customers", {}).items()}
             book, after = restored, seq
     except Exception:  # a snapshot only saves time: replay everything
         log.exception("journal_snapshot_unreadable")
@@ -193,5 +197,7 @@ def rebuild_books(account: str, clock: Callable[[], int], journal: JournalReader
     parsed: list[Any] = []
     book.rebuild(journaled, parsed)
     for entry in journaled:
-        note_customer(customers, entry)
+        named = session_customer(entry.kind, entry.payload, entry.session_id)
+        if named is not None:
+            customers[named[0]] = named[1]
     return Rebuilt(book, customers, after, journaled, parsed, base)

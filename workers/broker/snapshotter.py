@@ -64,8 +64,7 @@ def store(job: dict[str, Any]) -> dict[str, Any]:
         if seq <= stored_already:
             return {"seq": stored_already, "stored": False}
         manager = rebuilt.position_manager(account, limits, {}, retain)
-        stored = write_snapshot(target, seq, epoch, state_of(config, rebuilt.book, manager,
-                                                             rebuilt.customers),
+        stored = write_snapshot(target, seq, epoch, state_of(config, rebuilt.book, manager),
                                 lambda: reader.owner_epoch() == epoch)
         return {"seq": seq, "stored": stored, "from_seq": rebuilt.snapshot_seq,
                 "replayed": len(rebuilt.journaled), "errors": len(rebuilt.errors),

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradefleet.service.walcheckpoint import RESTART_TRIES, WAL_SIZE_LIMIT, Checkpointer
+from workers.broker import journal as journal_module
 from workers.broker.journal import (
     LAST_ORDER_EVENT,
     Journal,
@@ -52,6 +53,43 @@ def test_session_sequence_numbers_are_contiguous_per_session(tmp_path: Path) -> 
     j.append("position", {"qty": "1"})
     assert [e.session_seq for e in j.session_entries("s1")] == [1, 2, 3]
     assert [e.payload["i"] for e in j.session_entries("s2", after_session_seq=1)] == [1, 2]
+
+
+def test_sessions_past_the_cache_are_read_back_from_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An account has had as many sessions as algos ever connected: the journal keeps only
+    recent ones in memory, and an older one's next seq and customer come from the file."""
+    monkeypatch.setattr(journal_module, "SESSION_CACHE", 2)
+    path = tmp_path / "a.sqlite"
+    j = Journal(path, "b", epoch=1)
+    for n in range(6):
+        j.note_session(f"s{n}", f"cust{n % 2}")
+        j.append("order_event", {"n": n}, session_id=f"s{n}")
+    assert len(j._session_seqs) == 2 and len(j._customers) == 2
+    assert j.append("order_event", {"n": 6}, session_id="s0").session_seq == 2
+    assert [j.customer_of(f"s{n}") for n in range(6)] == ["cust0", "cust1"] * 3
+    assert j.customer_of("never") is None
+    assert len(j._session_seqs) == 2 and len(j._customers) == 2
+    j.close()
+    again = Journal(path, "b2", epoch=2)  # and they outlive the owner
+    assert again.customer_of("s5") == "cust1"
+    assert again.append("order_event", {}, session_id="s5").session_seq == 2
+
+
+def test_a_session_is_written_once_and_a_fenced_owner_writes_none(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    old = Journal(path, "b", epoch=1)
+    old.note_session("s1", "cust")
+    old.note_session("s1", "cust")
+    old.note_sessions({"s1": "cust", "s2": "cust"})
+    Journal(path, "b2", epoch=2)
+    with pytest.raises(JournalFenced):
+        old.note_sessions({"s3": "cust"})
+    with pytest.raises(JournalFenced):
+        old.note_session("s4", "cust")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT * FROM sessions ORDER BY 1").fetchall() == [
+            ("s1", "cust"), ("s2", "cust")]
 
 
 @settings(max_examples=30, deadline=None)

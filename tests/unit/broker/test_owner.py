@@ -20,6 +20,7 @@ import pytest
 from protocol.errors import ErrorCode
 from protocol.market import BookSnapshot, Channel, MarketEvent, Ticker
 from protocol.orders import NewOrder
+from workers.broker import journal as journal_module
 from workers.broker import owner as owner_module
 from workers.broker.adapters.base import (
     ConnectionChanged,
@@ -434,6 +435,67 @@ async def test_finished_orders_past_the_limit_keep_only_their_ids_across_owners(
     assert [o.client_order_id for o in venue.engine.open_orders("acct")] == ["open"]
     assert sum(1 for k, _, _, p in owners.journal()
                if k == "request" and p["msg"]["client_order_id"] == "c1") == 2  # new + cancel
+
+
+async def test_a_long_forgotten_order_is_answered_to_its_customer_however_many_sessions_since(
+        owners: Owners, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner keeps the customers of recent sessions only; an older session's customer is
+    read back from the journal, in this owner and the next."""
+    monkeypatch.setattr(journal_module, "SESSION_CACHE", 2)
+    first, first_out = await owners.open(1, retain_finished=1)
+    for n, (session, customer) in enumerate([("s1", "cust")] + [
+            (f"t{i}", "other") for i in range(4)]):
+        await first.route(session, customer, new_order(f"c{n}", price="31000"))
+        await first.route(session, customer, {"type": "cancel_order", "client_order_id":
+                                              f"c{n}", "account": "acct"})
+        await first_out.wait_for(lambda s=session: "order_cancelled" in types(
+            first_out.order_events(s)))
+
+    async def check(owner: AccountOwner, outbox: Outbox) -> None:
+        assert owner._journal is not None and "s1" not in owner._journal._customers
+        assert owner.book.tracker.forgotten("c0")
+        await owner.route("s1", "cust", new_order("c0", price="31000"))
+        await owner.route("t0", "other", new_order("c0", price="31000"))
+        assert [(e["type"], e.get("status")) for e in outbox.events("s1")][-1] == (
+            "order_snapshot", "cancelled")
+        assert [(e["type"], e.get("code")) for e in outbox.events("t0")][-1] == (
+            "error", "duplicate_order")
+        assert len(owner._journal._customers) <= 2
+
+    await check(first, first_out)
+    second, second_out = await owners.open(2, retain_finished=1)
+    await second.route("t3", "other", new_order("late", price="31000"))  # s1 out of mind
+    await check(second, second_out)
+
+
+async def test_a_snapshot_from_before_the_journal_kept_sessions_hands_them_on(
+        owners: Owners) -> None:
+    """A journal and snapshot of the earlier format (the session map in the snapshot, no
+    table): the next owner stores the map in the journal, and answers from it."""
+    first, out = await owners.open(1, retain_finished=1, snapshot_after_entries=10**9)
+    for cid in ("c1", "c2"):
+        await first.route("s1", "cust", new_order(cid, price="31000"))
+        await first.route("s1", "cust", {"type": "cancel_order", "client_order_id": cid,
+                                         "account": "acct"})
+    await out.wait_for(lambda: types(out.order_events()).count("order_cancelled") == 2)
+    assert first.risk is not None
+    last = max(seq for _, _, seq, _ in owners.rows())
+    state = owner_module.state_of(first._snapshot_config(), first.book, first.risk)
+    await first.close()
+    with sqlite3.connect(owners.path) as db:
+        db.execute("DROP TABLE sessions")
+    write_snapshot(snapshot_path(owners.path), last, 1, {**state, "customers": {"s1": "cust"}},
+                   lambda: True)
+
+    second, second_out = await owners.open(2, retain_finished=1)
+    assert second.rebuilt["snapshot_seq"] == last
+    with sqlite3.connect(owners.path) as db:
+        assert db.execute("SELECT * FROM sessions").fetchall() == [("s1", "cust")]
+    await second.route("s1", "cust", new_order("c1", price="31000"))
+    await second.route("s2", "intruder", new_order("c1", price="31000"))
+    assert [(e["type"], e["status"]) for e in second_out.events("s1")] == [
+        ("order_snapshot", "cancelled")]
+    assert [e["code"] for e in second_out.events("s2")] == ["duplicate_order"]
 
 
 async def trade_a_little(owner: AccountOwner, out: Outbox, counterparty: PaperAdapter,
