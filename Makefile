@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up test bench clean
+.PHONY: up test bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
+
+# Style and types of everything but the tests (strict mypy, pydantic plugin).
+LINTED := protocol workers managers infra_manager tradefleet bench examples
+lint: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lint]'
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/mypy $(LINTED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

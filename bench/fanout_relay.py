@@ -84,13 +84,14 @@ async def main(upstream_url: str | None, blast_events: int, route: bool = False)
 
     async def pump() -> None:
         async with aiohttp.ClientSession() as http:
+            assert upstream_url is not None, "pump() runs only with an upstream"
             upstream = await http.ws_connect(upstream_url, max_msg_size=1 << 26)
             if route:
                 await route_pump(upstream)
                 return
             async for msg in upstream:
                 data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-                for ws in list(clients):
+                for ws in list(clients):  # noqa: PERF101 - a copy: handlers add and remove
                     try:
                         await ws.send_frame(data, WSMsgType.TEXT)
                     except (ConnectionError, RuntimeError):

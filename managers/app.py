@@ -17,6 +17,7 @@ from protocol.codec import encode
 from protocol.control import DesiredRequest, SpawnRequest, WorkerCheckin, WorkerKind
 from protocol.errors import ErrorCode
 from protocol.fleet import ManagerSnapshot
+from protocol.risk import RiskLimits
 from tradefleet.service.web import (
     ApiError,
     bearer,
@@ -26,7 +27,6 @@ from tradefleet.service.web import (
     require_token,
     tokens_equal,
 )
-from workers.broker.risk.limits import RiskLimits
 
 MANAGER: web.AppKey[Manager] = web.AppKey("manager", Manager)
 PLACER: web.AppKey[SessionPlacer] = web.AppKey("session_placer", SessionPlacer)

@@ -424,15 +424,16 @@ class Manager:
     def set_fleet_kill_switch(self, active: bool, reason: str, by: str) -> dict[str, Any]:
         """Persist the fleet-wide kill switch (before any owner is told), so every account
         assigned from now on inherits it. Returns the stored state."""
-        state = {"active": active, "reason": reason, "by": by, "at": time.time()}
+        at = time.time()
+        state = {"active": active, "reason": reason, "by": by, "at": at}
         self.registry.set_doc(FLEET_KILL_SWITCH, state)
         self.fleet_kill_switch = state
         verb = "engaged" if active else "cleared"
         message = f"fleet-wide kill switch {verb} by {by}" + (f": {reason}" if reason else "")
-        self.sup.events.append({"ts": state["at"], "event": "fleet_kill_switch",
+        self.sup.events.append({"ts": at, "event": "fleet_kill_switch",
                                 "category": "risk", "kind": self.kind.value, "active": active,
                                 "reason": reason, "by": by, "message": message})
-        self._publish(state["at"])  # in the event log before the operator's answer
+        self._publish(at)  # in the event log before the operator's answer
         log.warning("fleet_kill_switch", active=active, reason=reason, by=by)
         return state
 

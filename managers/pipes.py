@@ -142,9 +142,8 @@ class ControlPipe:
             if not msg.ok:
                 log.warning("command failed", worker_id=self.worker_id, error=msg.error)
             self._cb.on_result(self.worker_id, msg)
-        elif isinstance(msg, WorkerEvent):
-            if self._cb.on_event is not None:
-                self._cb.on_event(self.worker_id, msg)
+        elif isinstance(msg, WorkerEvent) and self._cb.on_event is not None:
+            self._cb.on_event(self.worker_id, msg)
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         next_beat = 0.0

@@ -128,7 +128,7 @@ class Registry:
             def __enter__(self) -> None:
                 db.execute("BEGIN IMMEDIATE")
 
-            def __exit__(self, exc_type: Any, *_: object) -> None:
+            def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
                 db.execute("ROLLBACK" if exc_type else "COMMIT")
 
         return _Tx()

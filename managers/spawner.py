@@ -110,10 +110,11 @@ class LocalProcessSpawner(Spawner):
         argv = self._command(spec)
         env = {**os.environ, **spec.extra_env, "TRADEFLEET_SPAWN_TOKEN": spec.spawn_token}
         try:
-            with open(self.log_path, "ab") as log_file:
-                self._proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=log_file,
-                                              stdin=subprocess.DEVNULL, start_new_session=True,
-                                              close_fds=True)
+            # Both return at once: the file is only handed to the child as its output.
+            with open(self.log_path, "ab") as log_file:  # noqa: ASYNC230
+                self._proc = subprocess.Popen(  # noqa: ASYNC220
+                    argv, env=env, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
+                    start_new_session=True, close_fds=True)
         except OSError as exc:
             raise SpawnError(f"cannot start worker {spec.worker_id}: {exc}") from exc
         self.pid = self._proc.pid

@@ -57,11 +57,11 @@ def parse_decimal(value: object) -> Decimal:
             raise ValueError("must be a finite number")
         return value
     if isinstance(value, bool):  # bool is an int subclass; True is not a price
-        raise ValueError("must be a decimal string, not a boolean")
+        raise ValueError("must be a decimal string, not a boolean")  # noqa: TRY004 - pydantic reports ValueError
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
-        raise ValueError('must be a decimal string such as "0.1": floats are not exact')
+        raise ValueError('must be a decimal string such as "0.1": floats are not exact')  # noqa: TRY004
     if isinstance(value, str):
         if len(value) > MAX_DECIMAL_CHARS or not _DECIMAL_TEXT.fullmatch(value):
             raise ValueError('must be a decimal string in plain notation, such as "101.25"')

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from protocol.control import Load, WorkerKind, WorkerState
 from tests.support.fleet import FAST_CONFIG, RunningFleet, start_fleet, workers_of
 from tests.support.infra import (
     REPO,
@@ -32,7 +33,6 @@ from tests.support.infra import (
     eventually,
     worker_view,
 )
-from protocol.control import Load, WorkerKind, WorkerState
 from tradefleet.client import MarketClient
 
 playwright_api = pytest.importorskip("playwright.async_api")

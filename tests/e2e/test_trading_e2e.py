@@ -12,9 +12,7 @@ import os
 import signal
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -371,8 +369,8 @@ def test_the_readme_sdk_example_runs(fleet: RunningFleet) -> None:
         out, err = proc.communicate()
         raise AssertionError(f"example hung; printed:\n{out}\n{err}") from None
     assert proc.returncode == 0, err
-    assert re.search(r"^bought 0\.010* at \d", out, re.M), out
-    assert re.search(r"^resting bid \S+: cancelled$", out, re.M), out
+    assert re.search(r"^bought 0\.010* at \d", out, re.MULTILINE), out
+    assert re.search(r"^resting bid \S+: cancelled$", out, re.MULTILINE), out
 
 
 def test_the_hosted_trader_trades_on_the_paper_exchange(fleet: RunningFleet) -> None:

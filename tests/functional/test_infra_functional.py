@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support.infra import FakeManager, InfraProcess, eventually, worker_view
 from protocol.control import WorkerKind, WorkerState
+from tests.support.infra import FakeManager, InfraProcess, eventually, worker_view
 
 JOIN = "join-token-for-functional-tests-0001"
 OPERATOR = "operator-token-for-functional-tests-0001"

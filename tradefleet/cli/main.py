@@ -104,8 +104,8 @@ def _kill_switch(api: OperatorApi, args: argparse.Namespace) -> None:
     body = {"active": args.target[-1] == "on", "reason": args.reason}
     if args.all:
         result = api.request("POST", "/v1/kill-switch", body)
-        lines = [f"fleet-wide kill switch {args.target[-1]} at "
-                 f"{', '.join(sorted(result.get('locations', {}))) or 'no location'}"]
+        lines = [(f"fleet-wide kill switch {args.target[-1]} at "
+                  f"{', '.join(sorted(result.get('locations', {}))) or 'no location'}")]
         for name, answer in sorted(result.get("locations", {}).items()):
             if not isinstance(answer, dict):
                 continue

@@ -41,7 +41,7 @@ class Component:
     def start(self) -> None:
         self.url_file.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the child's log, closed by close_log()
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=self._log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -102,7 +102,7 @@ class Launcher:
     def run(self) -> int:
         run_dir = self.data_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(run_dir / "up.lock", "a+")
+        lock = open(run_dir / "up.lock", "a+")  # noqa: SIM115 - held while the fleet runs
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,7 +18,7 @@ class LatencyWindow:
         if not self._samples:
             return None
         ordered = sorted(self._samples)
-        index = min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))
+        index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
         return ordered[index]
 
     def summary(self) -> dict[str, float | None]:

@@ -68,7 +68,7 @@ class SessionLanes:
                     await job()
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - one bad request must not stall the lane
+                except Exception:  # one bad request must not stall the lane
                     log.exception("session_job_failed", session_id=session_id)
                 finally:
                     self._pending -= 1

@@ -481,9 +481,9 @@ class OrderTracker:
         )
 
     @staticmethod
-    def _build(cls: type[Any], record: OrderRecord, ts: int, **extra: Any) -> Any:
+    def _build(model: type[Any], record: OrderRecord, ts: int, **extra: Any) -> Any:
         request = record.request
-        return cls(
+        return model(
             account=request.account,
             client_order_id=request.client_order_id,
             order_id=record.order_id,

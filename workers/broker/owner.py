@@ -88,6 +88,7 @@ from protocol.orders import (
     OrderPartiallyFilled,
     PositionsSnapshot,
 )
+from protocol.risk import RiskLimits
 from protocol.session import Error, ProtocolError, parse_client_message
 from protocol.signals import Signal
 from tradefleet.service.session_tokens import TRADER_TAG
@@ -123,7 +124,6 @@ from workers.broker.reconcile import (
 from workers.broker.retention import RETAIN_FINISHED
 from workers.broker.risk import manager as risk
 from workers.broker.risk import records as risk_records
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.records import RISK_RECORD, OrderRefused
 from workers.broker.rules import RuleViolation, check_modify, check_new_order
 from workers.broker.snapshots import (

@@ -46,12 +46,12 @@ from protocol.control import EventCategory, Load
 from protocol.errors import ErrorCode
 from protocol.link import LinkWelcome, MdSubscribe, MdUnsubscribe, Replay, Route
 from protocol.market import Channel, MarketEvent
+from protocol.risk import RiskLimits
 from tradefleet.service.web import ApiError, require_token
 from workers.broker.adapters.base import Adapter, AdapterError
 from workers.broker.lanes import SessionLanes
 from workers.broker.link import MarketLink, read_frames, read_hello, stop_writer
 from workers.broker.owner import AccountOwner, OwnerError, OwnerState, OwnerStopped
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import KillSwitch, LimitsUpdate
 from workers.broker.risk.records import KillScope
 from workers.broker.streams import MarketCache, StreamKey, StreamTable, event_key

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from protocol.codec import CodecError, decode, encode
 from protocol.errors import ErrorCode
 from protocol.link import LinkWelcome, Replayed, SessionEvent
-from protocol.market import Channel, InstrumentSpec
+from protocol.market import CandleInterval, Channel, InstrumentSpec
 from protocol.orders import CancelOrder, ModifyOrder, NewOrder
 from protocol.session import (
     Error,
@@ -144,8 +144,9 @@ def _error(code: ErrorCode, message: str, **fields: Any) -> bytes:
 
 
 def _subscription(key: StreamKey) -> Subscription:
+    interval = CandleInterval(key.interval) if key.interval else None
     return Subscription.model_construct(instrument=key.instrument, channel=key.channel,
-                                        depth=key.depth, interval=key.interval)
+                                        depth=key.depth, interval=interval)
 
 
 def _stream_order(key: StreamKey) -> tuple[str, str, int, str]:

@@ -174,7 +174,7 @@ class MarketService(WorkerService):
         self._sockets[conn.conn_id] = ws
         transport = request.transport
         if transport is not None and not ws.compress:
-            self._direct[conn.conn_id] = (transport, ws)  # type: ignore[assignment]
+            self._direct[conn.conn_id] = (transport, ws)
         writer = self._spawn(self._write(conn, ws, waker), f"session-writer:{conn.conn_id}")
         log_ = log.bind(session_id=claims.session_id, account=claims.account,
                         conn_id=conn.conn_id)

@@ -95,9 +95,9 @@ class WorkerControl:
         """Advance time. `has_work` says whether sessions or orders are still in flight."""
         if self.exiting:
             return []
-        if self.state is WorkerState.DRAINING and self.drain_started_at is not None:
-            if not has_work or now - self.drain_started_at >= self.drain_timeout_s:
-                return self._exit()
+        if self.state is WorkerState.DRAINING and self.drain_started_at is not None and (
+                not has_work or now - self.drain_started_at >= self.drain_timeout_s):
+            return self._exit()
         if not self.pipe_open:
             since = self.pipe_lost_at if self.pipe_lost_at is not None else self.started_at
             silent = now - since

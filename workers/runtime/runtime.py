@@ -282,7 +282,7 @@ class WorkerRuntime:
         except CheckinRefused as exc:
             log.error("check-in refused", error=str(exc))
             exit_code = 3
-        except Exception as exc:  # check-in deadline passed or service failed to start
+        except Exception as exc:  # noqa: BLE001 - check-in deadline passed or service failed to start
             log.error("worker failed", error=repr(exc))
             exit_code = 4
         finally:

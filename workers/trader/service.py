@@ -44,7 +44,7 @@ class _LedgerStream:
         event = await self._inner.__anext__()
         try:
             self._ledger.observe(event)
-        except Exception:  # noqa: BLE001 - bookkeeping must never stop the strategy
+        except Exception:  # bookkeeping must never stop the strategy
             log.exception("pnl_event_refused", event_type=getattr(event, "type", None))
         return event
 
@@ -120,7 +120,7 @@ class TraderService(WorkerService):
                                                     self._api_token(section.customer),
                                                     account=section.account,
                                                     trader_tag=section.name)
-            except Exception as exc:  # market not reachable yet: keep trying, never spin
+            except Exception as exc:  # noqa: BLE001 - market not reachable yet: keep trying, never spin
                 self.last_error = str(exc)[:200]
                 log.warning("cannot connect yet", error=self.last_error)
                 with contextlib.suppress(TimeoutError):

@@ -14,8 +14,8 @@ from protocol.orders import (
     Fill,
     Liquidity,
     OrderAccepted,
-    OrderEvent,
     OrderCancelled,
+    OrderEvent,
     OrderPartiallyFilled,
     OrderStatus,
     OrderType,
@@ -25,7 +25,7 @@ from workers.broker.account import event_payload, stamped_event
 
 COMMON = {"account": "paper-1", "client_order_id": "c1", "order_id": "P-1",
           "instrument": "BTC/USD", "side": Side.BUY, "order_type": OrderType.LIMIT,
-          "qty": Decimal("2"), "price": Decimal("100.5"), "time_in_force": TimeInForce.GTC,
+          "qty": Decimal(2), "price": Decimal("100.5"), "time_in_force": TimeInForce.GTC,
           "ts": 1_700_000_000_000_000_000}
 
 
@@ -35,13 +35,13 @@ def events() -> list[OrderEvent]:
                 fee=Decimal("-0.01"), fee_currency="USD", liquidity=Liquidity.MAKER,
                 ts=COMMON["ts"])
     return [
-        OrderAccepted(**COMMON, status=OrderStatus.ACCEPTED, filled_qty=Decimal("0"),
-                      remaining_qty=Decimal("2")),
+        OrderAccepted(**COMMON, status=OrderStatus.ACCEPTED, filled_qty=Decimal(0),
+                      remaining_qty=Decimal(2)),
         OrderPartiallyFilled(**COMMON, status=OrderStatus.PARTIALLY_FILLED, fill=fill,
                              filled_qty=Decimal("0.5"), remaining_qty=Decimal("1.5"),
                              avg_price=Decimal("100.5")),
         OrderCancelled(**COMMON, status=OrderStatus.CANCELLED, filled_qty=Decimal("0.5"),
-                       remaining_qty=Decimal("0"), avg_price=Decimal("100.5"),
+                       remaining_qty=Decimal(0), avg_price=Decimal("100.5"),
                        reason=CancelReason.REQUESTED),
     ]
 

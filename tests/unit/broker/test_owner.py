@@ -20,6 +20,7 @@ import pytest
 from protocol.errors import ErrorCode
 from protocol.market import BookSnapshot, Channel, MarketEvent, Ticker
 from protocol.orders import NewOrder
+from protocol.risk import RiskLimits
 from workers.broker import journal as journal_module
 from workers.broker import owner as owner_module
 from workers.broker.adapters.base import (
@@ -32,7 +33,6 @@ from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
 from workers.broker.owner import AccountOwner, OwnerError, OwnerState
 from workers.broker.risk import manager as risk
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.records import KillScope
 from workers.broker.snapshots import read_snapshot, snapshot_path, write_snapshot
 from workers.broker.streams import StreamKey

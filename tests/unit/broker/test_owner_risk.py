@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from protocol.orders import NewOrder, PositionsSnapshot
+from protocol.risk import RiskLimits
 from tests.unit.broker.test_owner import (  # noqa: F401 - fixtures
     CONFIG,
     Owners,
@@ -24,7 +25,6 @@ from tests.unit.broker.test_owner import (  # noqa: F401 - fixtures
     venue,
 )
 from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import KillSwitch, LimitsUpdate
 
 D = Decimal

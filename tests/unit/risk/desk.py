@@ -30,6 +30,7 @@ from protocol.orders import (
     OrderPartiallyFilled,
     OrderStatus,
 )
+from protocol.risk import RiskLimits
 from workers.broker.orders import (
     CancelAtVenue,
     ModifyAtVenue,
@@ -42,7 +43,6 @@ from workers.broker.orders import (
     Journal as TrackerJournal,
 )
 from workers.broker.retention import RETAIN_FINISHED
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import (
     Effect,
     Journal,

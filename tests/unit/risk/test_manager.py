@@ -16,8 +16,8 @@ from protocol.orders import (
     OrderSnapshot,
     OrderStatus,
 )
+from protocol.risk import RiskLimits
 from workers.broker.orders import VenueRefused
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import (
     Journal,
     KillSwitch,

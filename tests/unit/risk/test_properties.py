@@ -38,9 +38,9 @@ from protocol.orders import (
     OrderRejected,
     OrderSnapshot,
 )
+from protocol.risk import RiskLimits
 from protocol.signals import ExitFired, Signal, SignalRejected
 from workers.broker.orders import VenueRefused
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import (
     ClockTick,
     Effect,

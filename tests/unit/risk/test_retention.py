@@ -7,8 +7,8 @@ import orjson
 import pytest
 
 from protocol.errors import ErrorCode
+from protocol.risk import RiskLimits
 from protocol.signals import SignalRejected
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import (
     Journal,
     Notify,

@@ -8,8 +8,8 @@ from typing import Any
 from protocol.errors import ErrorCode
 from protocol.market import Side
 from protocol.orders import OrderType, TimeInForce
+from protocol.risk import RiskLimits
 from protocol.signals import ExitLevels, Signal, SignalAccepted, SignalRejected
-from workers.broker.risk.limits import RiskLimits
 from workers.broker.risk.manager import (
     ClockTick,
     EquityUpdate,

@@ -95,6 +95,7 @@ from protocol.orders import (
     OrderStatus,
     Position,
 )
+from protocol.risk import RiskLimits
 from protocol.signals import (
     ExitFired,
     ExitKind,
@@ -119,7 +120,7 @@ from workers.broker.risk.exits import (
     price_trigger,
     time_due,
 )
-from workers.broker.risk.limits import AccountView, Refuse, RiskEngine, RiskLimits
+from workers.broker.risk.limits import AccountView, Refuse, RiskEngine
 from workers.broker.risk.positions import PositionBook
 from workers.broker.risk.prices import MarketPrices
 from workers.broker.risk.records import (

@@ -18,8 +18,8 @@ from pydantic import Field, TypeAdapter
 from protocol.errors import ErrorCode
 from protocol.market import Frozen, Instrument, Money, Price, TimestampNs
 from protocol.orders import ModifyOrder, NewOrder
+from protocol.risk import RiskLimits
 from protocol.signals import ExitKind, Signal
-from workers.broker.risk.limits import RiskLimits
 
 SessionRef = Annotated[str, Field(min_length=1, max_length=128)]
 

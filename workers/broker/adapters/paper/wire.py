@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import Field, TypeAdapter, model_validator
 
 from protocol.codec import encode
@@ -138,7 +139,7 @@ ORDER_OPS = frozenset({"place", "cancel", "modify"})
 
 def order_frame(request_id: int | None, created: bool, order: OrderSnapshot) -> bytes:
     """The answer to an order op: the order's state right after the engine acted."""
-    return (b'{"type":"order","id":' + encode(request_id) + b',"created":'
+    return (b'{"type":"order","id":' + orjson.dumps(request_id) + b',"created":'
             + (b"true" if created else b"false") + b',"order":' + encode(order) + b"}")
 
 
