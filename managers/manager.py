@@ -59,6 +59,10 @@ from tradefleet.service.tokens import customer_tokens, new_token
 log = structlog.get_logger(__name__)
 
 TICK_S = 0.1
+# Workers that exited or failed, kept in memory and in the registry for late messages and for
+# history; older ones are let go (their story is in the event log and the logs).
+KEEP_FINISHED = 200
+SPAWN_REQUESTS_KEPT_S = 7 * 86400  # a scripted spawn retried within a week is still one spawn
 FLEET_KILL_SWITCH = "fleet_kill_switch"  # registry settings key (BrokerManager)
 # Keys of an event-log line that a worker event's details may not overwrite.
 EVENT_KEYS = frozenset({"ts", "event", "category", "worker_id", "kind", "epoch", "n", "message",
@@ -227,6 +231,7 @@ class Manager:
                         self._execute(self.sup.process_exited(wid, code, now))
             self._execute(self.sup.plan(now))
             changed = self._persist_dirty()
+            self._forget_finished(now)
             if changed or self._publish_soon or \
                     now - self._last_publish >= self.config.timeouts.heartbeat_interval_s:
                 self._publish(now)
@@ -484,6 +489,15 @@ class Manager:
             return True
         # Infra managers that do not announce their id: count anonymous join-token streams.
         return ids.count(None) >= len(self.infra_urls) and bool(ids)
+
+    def _forget_finished(self, now: float) -> None:
+        gone = self.sup.forget_finished(KEEP_FINISHED)
+        if not gone:
+            return
+        for worker_id in gone:
+            self.docs.pop(worker_id, None)
+            self.spawners.pop(worker_id, None)
+        self.registry.forget_finished(KEEP_FINISHED, now - SPAWN_REQUESTS_KEPT_S)
 
     def _persist_dirty(self) -> bool:
         if not self.sup.dirty:

@@ -103,12 +103,16 @@ class Registry:
         workers = [StoredWorker(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
         return [w for w in workers if states is None or w.state in states]
 
-    def forget_finished(self, keep: int = 200) -> None:
-        """Drop the oldest finished workers beyond `keep` (history is also in the logs)."""
-        self._db.execute(
-            "DELETE FROM workers WHERE state IN ('failed','stopped') AND id NOT IN "
-            "(SELECT id FROM workers WHERE state IN ('failed','stopped') "
-            "ORDER BY updated_at DESC LIMIT ?)", (keep,))
+    def forget_finished(self, keep: int, requests_before: float) -> None:
+        """Drop the oldest finished workers beyond `keep` (history is also in the logs), and
+        the spawn requests made before `requests_before` (a repeat of one spawns again)."""
+        with self._transaction():
+            self._db.execute(
+                "DELETE FROM workers WHERE state IN ('failed','stopped') AND id NOT IN "
+                "(SELECT id FROM workers WHERE state IN ('failed','stopped') "
+                "ORDER BY epoch DESC LIMIT ?)", (keep,))
+            self._db.execute("DELETE FROM spawn_requests WHERE created_at < ?",
+                             (requests_before,))
 
     # -- idempotent spawn requests
 

@@ -141,6 +141,27 @@ def test_crash_loop_backs_off_exponentially_and_never_spins() -> None:
     assert max(gaps) <= T.restart_backoff_max_s + 0.2
 
 
+def test_a_long_crash_loop_keeps_only_the_newest_finished_workers() -> None:
+    f = Fleet(desired=2)
+    f.step()
+    f.bring_up("w1")
+    for _ in range(3000):  # one worker dies again and again; w1 stays up throughout
+        if any(isinstance(a, Spawn) for a in f.step(1.0)):
+            f.sup.process_exited(f"w{f.epoch}", 1, f.now)
+    assert f.epoch > 300
+    dirty = f"w{f.epoch - 1}"
+    f.sup.dirty = {dirty}  # the shell has stored every last state but this one
+    gone = f.sup.forget_finished(keep=50)
+    assert gone == [f"w{n}" for n in range(2, f.epoch - 50)]  # oldest first
+    assert f.states()["w1"] is WorkerState.UP  # a live worker is never let go
+    kept = sorted(f.sup.records.values(), key=lambda r: r.epoch)
+    assert len(kept) == 1 + 50 + 1  # w1, the newest 50 stored, the unstored one
+    assert kept[1].id == f"w{f.epoch - 50}" and dirty in f.sup.records
+    assert f.sup.forget_finished(keep=50) == []
+    f.sup.dirty.clear()
+    assert f.sup.forget_finished(keep=50) == [f"w{f.epoch - 50}"]
+
+
 def test_drain_sends_command_lowers_desired_and_exit_is_stopped_not_failed() -> None:
     f = Fleet(desired=2)
     f.step()
