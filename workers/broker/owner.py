@@ -322,8 +322,8 @@ class AccountOwner:
                                         snapshot_path(self._journal_path),
                                         self._snapshot_config(), self._log)
             self.book = rebuilt.book
-            # Sessions of a snapshot from before the journal kept them, and those named since
-            # the snapshot (already there, unless the owner died between the two writes).
+            # The sessions of a snapshot from before the journal kept them, and those named by
+            # the entries replayed (in the table already, unless the journal predates it).
             self._journal_write(self._journal_or_stop().note_sessions, rebuilt.customers)
             for problem in self.book.rebuild_errors:
                 self._log.error("journal_entry_refused_on_rebuild", problem=problem)
