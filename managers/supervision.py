@@ -366,9 +366,11 @@ class Supervisor:
         """Let go of all but the newest `keep` workers that have exited or failed, once their
         last state is stored (not dirty); returns the ids let go. A manager that replaces
         workers for months would otherwise carry, and plan over, every worker it ever had."""
-        dead = sorted((r for r in self.records.values()
-                       if not r.live and r.id not in self.dirty), key=lambda r: r.epoch)
-        gone = [r.id for r in dead[:max(0, len(dead) - keep)]]
+        dead = [r for r in self.records.values() if not r.live and r.id not in self.dirty]
+        if len(dead) <= keep:  # every planning tick: no sort until there is something to do
+            return []
+        dead.sort(key=lambda r: r.epoch)
+        gone = [r.id for r in dead[:len(dead) - keep]]
         for worker_id in gone:
             del self.records[worker_id]
         return gone
