@@ -49,16 +49,24 @@ MAX_DECIMAL_CHARS = 64
 def parse_decimal(value: object) -> Decimal:
     """Turn a wire value into an exact, finite `Decimal`.
 
-    Accepts `Decimal`, `int` and plain-notation strings. Raises `ValueError` for floats,
-    booleans, exponents, NaN/Infinity, over-long strings and anything else.
+    Accepts `Decimal`, `int` and plain-notation strings, each at most `MAX_DECIMAL_CHARS`
+    long in plain notation (a model built in this process is read back by the next one).
+    Raises `ValueError` for floats, booleans, exponents, NaN/Infinity, over-long values and
+    anything else.
     """
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("must be a finite number")
+        if _too_long(value):
+            # A model holds only what its wire form can carry: built here from a Decimal, it
+            # would be sent as a string every reader refuses (the answer would be lost).
+            raise ValueError(f"more than {MAX_DECIMAL_CHARS} characters in plain notation")
         return value
     if isinstance(value, bool):  # bool is an int subclass; True is not a price
         raise ValueError("must be a decimal string, not a boolean")  # noqa: TRY004 - pydantic reports ValueError
     if isinstance(value, int):
+        if value.bit_length() > 4 * MAX_DECIMAL_CHARS or len(str(value)) > MAX_DECIMAL_CHARS:
+            raise ValueError(f"more than {MAX_DECIMAL_CHARS} characters in plain notation")
         return Decimal(value)
     if isinstance(value, float):
         raise ValueError('must be a decimal string such as "0.1": floats are not exact')  # noqa: TRY004
@@ -70,6 +78,13 @@ def parse_decimal(value: object) -> Decimal:
         except InvalidOperation as exc:  # unreachable given the regex, kept as a guard
             raise ValueError("not a decimal number") from exc
     raise ValueError("must be a decimal string")
+
+
+def _too_long(value: Decimal) -> bool:
+    text = str(value)  # fast; scientific notation only for large exponents
+    if len(text) > MAX_DECIMAL_CHARS:
+        return True
+    return "E" in text and len(format(value, "f")) > MAX_DECIMAL_CHARS
 
 
 def format_decimal(value: Decimal) -> str:

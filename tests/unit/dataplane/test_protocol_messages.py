@@ -105,6 +105,19 @@ def test_price_that_is_not_an_exact_decimal_string_is_refused(bad: object) -> No
     assert error.field == "price"
 
 
+@pytest.mark.parametrize("value", [Decimal("1." + "3" * 63), Decimal("1E+70"),
+                                   Decimal("1E-70"), 10**64, -(10**63), 2**4000])
+def test_a_model_built_in_code_holds_only_what_the_wire_can_carry(value: object) -> None:
+    # A decimal too long for any reader to parse fails where the model is built, not
+    # silently at the far end (a 160-digit average price once lost a positions answer).
+    with pytest.raises(ValidationError):
+        Trade(instrument="BTC/USD", trade_id="t", price=value, qty="1", taker_side="buy", ts=1)
+    longest = Decimal("1." + "3" * 62)
+    trade = Trade(instrument="BTC/USD", trade_id="t", price=longest, qty=10**63,
+                  taker_side="buy", ts=1)
+    assert Trade.model_validate(decode(encode(trade))) == trade
+
+
 def test_float_error_message_tells_the_client_to_send_a_string() -> None:
     error = parse_error({**NEW_ORDER, "qty": 0.1})
     assert error.field == "qty"

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 
-from protocol.orders import Fill, Position
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.codec import decode, encode
+from protocol.market import MAX_DECIMAL_CHARS
+from protocol.orders import Fill, Position, PositionsSnapshot
+from protocol.session import parse_server_message
 from workers.broker.risk.positions import DAY_NS, PositionBook, utc_day
 
 from .common import ACCOUNT, START_NS
@@ -36,6 +43,41 @@ def test_buys_average_and_a_sell_realizes_exactly() -> None:
     b.apply(fill("sell", "2", "102"))
     assert b.positions() == [Position(account=ACCOUNT, instrument="BTC/USD", qty=D(0),
                                       avg_price=None, realized_pnl=D(4))]
+
+
+def test_an_average_without_a_finite_expansion_is_shown_to_28_digits() -> None:
+    # 7800031/130: a quotient rounded to 160 digits and multiplied back by 130 gives
+    # 7800031 again, which once passed for "exact" and put a 160-digit price on the wire.
+    b = book(fill("buy", "0.01", "60000.5"), fill("buy", "0.0017", "59998.7"))
+    [p] = b.positions()
+    assert p.avg_price == D("60000.23846153846153846153846")
+    held = b.get("BTC/USD")
+    assert held is not None
+    assert held.unrealized(D("60001")) == D("0.00891")  # 0.0117 * 99/130: exact
+    answer = PositionsSnapshot(account=ACCOUNT, positions=b.positions(), ts=1)
+    assert parse_server_message(decode(encode(answer))) == answer
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["buy", "sell"]),
+                          st.integers(1, 10**6), st.integers(1, 10**8)), min_size=1,
+                max_size=12),
+       st.integers(1, 10**8))
+def test_every_position_figure_can_be_sent(fills: list[tuple[str, int, int]], mark: int) -> None:
+    """Whatever the fills (qty in 1e-4 lots, price in 0.1 ticks), every figure the book
+    reports fits the wire and reads back equal, and an exact figure is not rounded."""
+    b = book(*(fill(side, str(D(qty).scaleb(-4)), str(D(price).scaleb(-1)))
+               for side, qty, price in fills))
+    position = b.get("BTC/USD")
+    assert position is not None
+    unrealized = position.unrealized(D(mark).scaleb(-1))
+    answer = PositionsSnapshot(account=ACCOUNT, positions=b.positions(), ts=1)
+    assert parse_server_message(decode(encode(answer))) == answer
+    for figure in [unrealized, *(f for p in answer.positions
+                                 for f in (p.avg_price, p.realized_pnl) if f is not None)]:
+        assert len(format(figure, "f")) <= MAX_DECIMAL_CHARS
+    if position.avg_price is not None and position.avg_price.denominator in (1, 2, 4, 5, 8):
+        assert Fraction(answer.positions[0].avg_price) == position.avg_price  # type: ignore[arg-type]
 
 
 def test_a_flip_through_zero_closes_at_the_average_and_opens_at_the_fill() -> None:
