@@ -113,6 +113,20 @@ async def test_subscribe_trade_and_query_through_the_sdk(platform: Platform) -> 
         assert client.last_seq == 2
 
 
+async def test_an_unreadable_answer_fails_its_request_at_once(platform: Platform) -> None:
+    """An answer the SDK cannot read (here a price longer than the wire allows) fails the
+    request it answers with a coded error, instead of leaving it to time out."""
+    platform.broker.positions = [{"account": "paper-1", "instrument": "BTC/USD", "qty": "1",
+                                  "avg_price": "1." + "3" * 80, "realized_pnl": "0"}]
+    async with await platform.client() as client:
+        async with asyncio.timeout(5):  # the request's own timeout is 30 s
+            with pytest.raises(RequestFailed) as failed:
+                await client.positions(timeout=30)
+        assert failed.value.code == "internal" and "positions" in str(failed.value)
+        platform.broker.positions = []
+        assert (await client.positions(timeout=5)).positions == []  # the session carries on
+
+
 async def test_the_same_client_order_id_is_one_order(platform: Platform) -> None:
     async with await platform.client() as client:
         first = await client.place_order("BTC/USD", "buy", "0.1", price="100",

@@ -146,6 +146,8 @@ class FakeBroker:
         self.links: list[web.WebSocketResponse] = []
         self.drop_live = False
         """While set, session events are journaled but not sent live (as if lost on a link)."""
+        self.positions: list[dict[str, Any]] = []
+        """What `get_positions` answers (raw wire dicts: a test may make them unreadable)."""
         self.url = ""
         self._owner: dict[str, web.WebSocketResponse] = {}  # session → link it lives on
         self._fills = itertools.count(1)
@@ -256,7 +258,7 @@ class FakeBroker:
             await self.emit(session_id, cancelled)
         elif kind == "get_positions":
             await self._answer(session_id, {"type": "positions", "account": msg["account"],
-                                            "positions": [], "ref": msg.get("ref"),
+                                            "positions": self.positions, "ref": msg.get("ref"),
                                             "ts": time.time_ns()})
             await self._answer(session_id, {"type": "balances", "account": msg["account"],
                                             "cash": {"USD": "1000"}, "ref": msg.get("ref"),

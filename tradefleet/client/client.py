@@ -40,6 +40,7 @@ import orjson
 from pydantic import ValidationError
 
 from protocol.codec import CodecError, decode
+from protocol.errors import ErrorCode
 from protocol.market import MarketEvent, Side
 from protocol.orders import (
     BalancesSnapshot,
@@ -637,8 +638,18 @@ class MarketClient:
         try:
             event = parse_server_message(item)
         except (ValidationError, TypeError) as exc:
-            # A newer server may send events this SDK does not know; skip them.
-            log.debug("unrecognised event skipped: %s", str(exc)[:200])
+            # A newer server may send events this SDK does not know; skip them. But an
+            # answer to one of our requests fails that request now, instead of at its timeout.
+            pending = self._pending.get(item.get("ref") or "") if isinstance(item, dict) \
+                else None
+            if pending is not None and not pending.future.done():
+                log.warning("unreadable answer to %s: %s", pending.expect, str(exc)[:200])
+                pending.future.set_exception(RequestFailed(
+                    ErrorCode.INTERNAL.value,
+                    f"the server's {pending.expect} answer could not be read: "
+                    f"{str(exc)[:200]}", ref=pending.frame.get("ref")))
+            else:
+                log.debug("unrecognised event skipped: %s", str(exc)[:200])
             return
         if isinstance(event, _MARKET_EVENT_TYPES):
             self._enqueue(event, droppable=True)
