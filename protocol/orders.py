@@ -172,7 +172,8 @@ class NewOrder(Frozen):
 
 
 class CancelOrder(Frozen):
-    """Cancel the rest of an order. Confirmed by `order_cancelled`."""
+    """Cancel the rest of an order. Confirmed by `order_cancelled`; an order already
+    cancelled answers with its `order_snapshot` (so a cancel may safely be sent again)."""
 
     type: Literal["cancel_order"] = Field(
         default="cancel_order", description="Message discriminator."
@@ -183,7 +184,8 @@ class CancelOrder(Frozen):
 
 class ModifyOrder(Frozen):
     """Change an open order's total quantity and/or limit price. Confirmed by
-    `order_modified`. A new price or a larger quantity loses time priority."""
+    `order_modified`. A new price or a larger quantity loses time priority. A modify to the
+    order's present qty and price changes nothing and answers with its `order_snapshot`."""
 
     type: Literal["modify_order"] = Field(
         default="modify_order", description="Message discriminator."

@@ -198,6 +198,45 @@ async def test_market_death_resumes_elsewhere_without_loss_or_duplication(
         assert isinstance(await next_of(client, Ticker), Ticker)  # subscription came back
 
 
+async def test_a_cancel_lost_with_its_market_is_sent_again_after_the_resume(
+    platform: Platform,
+) -> None:
+    platform.broker.fill_orders = False
+    first = platform.markets[0]
+    async with await platform.client() as client:
+        order = await client.place_order("BTC/USD", "buy", "0.1", price="100",
+                                         client_order_id="rest-1")
+        await order.accepted(timeout=5)
+        platform.broker.swallow.add("cancel_order")  # lost on the way, as if the Market died
+        await client.cancel_order("rest-1")
+        await wait_for(lambda: platform.broker.swallowed, what="the cancel lost")
+        platform.broker.swallow.clear()
+        await platform.add_market("market-2")
+        platform.manager.markets.remove(first)
+        await first.stop()
+        await order.done(timeout=10)  # sent again by the SDK once resumed on market-2
+        assert order.status is OrderStatus.CANCELLED and not order.unconfirmed
+
+
+async def test_an_amendment_lost_with_the_broker_is_sent_again_by_the_market(
+    platform: Platform,
+) -> None:
+    platform.broker.fill_orders = False
+    async with await platform.client() as client:
+        order = await client.place_order("BTC/USD", "buy", "0.1", price="100",
+                                         client_order_id="rest-2")
+        await order.accepted(timeout=5)
+        platform.broker.swallow.update({"modify_order", "cancel_order"})
+        await client.modify_order("rest-2", price="99.5")
+        await client.cancel_order("rest-2")
+        await wait_for(lambda: len(platform.broker.swallowed) == 2, what="both lost")
+        platform.broker.swallow.clear()
+        await platform.broker.drop_links()  # the Broker went away with them unjournaled
+        await order.done(timeout=10)  # the Market sent both again on the new link
+        assert order.status is OrderStatus.CANCELLED
+        assert client.reconnects == 0  # the algo's connection never moved
+
+
 async def test_every_order_event_reaches_the_algo_once_across_a_resume(
     platform: Platform,
 ) -> None:

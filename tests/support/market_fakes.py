@@ -146,6 +146,9 @@ class FakeBroker:
         self.links: list[web.WebSocketResponse] = []
         self.drop_live = False
         """While set, session events are journaled but not sent live (as if lost on a link)."""
+        self.swallow: set[str] = set()
+        """Route types dropped unanswered, as if lost with a process that died holding them."""
+        self.swallowed: list[dict[str, Any]] = []
         self.positions: list[dict[str, Any]] = []
         """What `get_positions` answers (raw wire dicts: a test may make them unreadable)."""
         self.url = ""
@@ -224,6 +227,9 @@ class FakeBroker:
 
     async def _route(self, session_id: str, msg: dict[str, Any]) -> None:
         kind = msg["type"]
+        if kind in self.swallow:
+            self.swallowed.append(msg)
+            return
         orders = self.journal.orders
         if kind == "new_order":
             cid = msg["client_order_id"]

@@ -14,7 +14,9 @@ If the Market worker goes away (crash, drain, network), the client asks the Mark
 resume the session — possibly on another Market worker — presenting the last `seq` it
 processed. The server replays what was missed; the client re-subscribes what the new Market
 did not restore and re-sends orders and signals that were never answered (safe: the
-client_order_id and signal_id are idempotency keys). Order events, signal answers
+client_order_id and signal_id are idempotency keys), and each open order's latest cancel and
+modify not yet confirmed (safe: the Broker answers a cancel of a cancelled order, and a modify
+to the order's present qty and price, with the order's state). Order events, signal answers
 (`SignalAccepted`, `SignalRejected`) and fired exits (`ExitFired`) share the session's `seq`
 and are deduplicated by it here too, so each reaches `events()` (and its handle or
 `send_signal` call) exactly once; the answer to a re-sent signal, which has no `seq`,
@@ -366,10 +368,13 @@ class MarketClient:
     async def _amend(self, frame: dict[str, Any]) -> OrderHandle | None:
         frame = self._validated(frame)
         handle = self._orders.handles.get(frame["client_order_id"])
-        if handle is not None:
-            handle.amendments_in_flight += 1
-        if not await self._send(frame):
-            self._deferred.append(frame)
+        if handle is None:  # not an order of this client: sent when connected, once
+            if not await self._send(frame):
+                self._deferred.append(frame)
+            return None
+        handle.amendments_in_flight += 1
+        handle.unconfirmed[frame["type"]] = frame
+        await self._send(frame)  # else sent by `_restore` with the order's other amendments
         return handle
 
     async def positions(self, timeout: float | None = None) -> PositionsSnapshot:
@@ -560,6 +565,11 @@ class MarketClient:
                 await self._send(pending.frame)
         for handle in self._orders.unanswered():
             await self._send(handle.request.model_dump(mode="json", exclude_none=True))
+        for handle in list(self._orders.handles.values()):
+            if handle.unconfirmed and not handle.is_done:
+                for kind in ("modify_order", "cancel_order"):  # a cancel goes last
+                    if kind in handle.unconfirmed:
+                        await self._send(handle.unconfirmed[kind])
         for frame, _ in list(self._signals.values()):
             await self._send(frame)
         deferred, self._deferred = self._deferred, []

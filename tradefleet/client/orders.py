@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from protocol.market import Side
 from protocol.orders import (
@@ -58,6 +59,10 @@ class OrderHandle:
         self.answered = False
         """True once the server said anything about this order (then it is never re-sent)."""
         self.amendments_in_flight = 0
+        self.unconfirmed: dict[str, dict[str, Any]] = {}
+        """The latest cancel_order and modify_order frames sent for this order that no
+        answer has shown carried out yet, by type: sent again after a resume (the Market they
+        went to may have died holding them). A copy already carried out changes nothing."""
         self._fill_ids: set[str] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._lost: ClientError | None = None
@@ -131,6 +136,8 @@ class OrderHandle:
         self.status = event.status
         if event.type in ("order_cancelled", "order_modified") and self.amendments_in_flight:
             self.amendments_in_flight -= 1
+        if self.unconfirmed:
+            self._confirm(event)
         self.order_id = event.order_id or self.order_id
         self.qty, self.price = event.qty, event.price
         self.filled_qty, self.remaining_qty = event.filled_qty, event.remaining_qty
@@ -142,6 +149,16 @@ class OrderHandle:
             self.error = OrderRejectedError(event.reason.value, event.message,
                                             client_order_id=self.client_order_id)
         self._changed()
+
+    def _confirm(self, event: OrderEvent) -> None:
+        if event.status.is_terminal:
+            self.unconfirmed.clear()
+            return
+        modify = self.unconfirmed.get("modify_order")
+        if modify is not None and event.type in ("order_modified", "order_snapshot") and all(
+                modify.get(name) is None or Decimal(str(modify[name])) == getattr(event, name)
+                for name in ("qty", "price")):
+            del self.unconfirmed["modify_order"]
 
     def add_fill(self, fill: Fill) -> None:
         if fill.fill_id not in self._fill_ids:
@@ -156,6 +173,7 @@ class OrderHandle:
         if self.amendments_in_flight > 0 or self.status is not OrderStatus.PENDING:
             self.amendments_in_flight = max(0, self.amendments_in_flight - 1)
             self.last_error = error
+            self.unconfirmed.clear()  # refused: that is the answer, sending again won't help
         else:
             self.status = OrderStatus.REJECTED
             self.error = OrderRejectedError(error.code.value, error.message,

@@ -313,6 +313,11 @@ class OrderTracker:
 
     def _on_cancel(self, request: CancelOrder) -> list[Effect]:
         record = self._find(request.client_order_id)
+        if record.status is OrderStatus.CANCELLED:
+            # Already what was asked: a cancel re-sent after a failover (its first copy may
+            # have been carried out) is answered with the order's state, like a repeated
+            # new_order, not refused.
+            return [Emit(self._build(OrderSnapshot, record, self._clock()))]
         if record.status.is_terminal:
             raise OrderStateError(
                 ErrorCode.ORDER_NOT_CANCELLABLE,
@@ -345,6 +350,11 @@ class OrderTracker:
                 f"qty must exceed the filled qty {record.filled}; cancel instead",
                 cid,
             )
+        if not record.modify_pending and request.qty in (None, record.qty) \
+                and request.price in (None, record.price):
+            # Nothing to change (a modify re-sent after a failover that was carried out
+            # already): answered with the order's state; the venue is not asked.
+            return [Emit(self._build(OrderSnapshot, record, self._clock()))]
         record.modify_pending = True
         return [
             Journal(request),

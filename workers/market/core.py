@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -118,6 +119,46 @@ class AccountLink:
     """new_order routes with no answer yet, by (session, client_order_id): re-sent (the
     Broker is idempotent on client_order_id) when a dropped link comes back; timed for the
     route → first event latency."""
+    amending: dict[tuple[str, str], dict[str, tuple[bytes, float]]] = field(
+        default_factory=dict)
+    """The latest cancel_order and modify_order route of each order, by (session,
+    client_order_id) and then type, until the Broker's answer shows it carried out: sent
+    (again) when a link comes up, so an amendment the old Broker never journaled is not lost
+    with it. A copy already carried out changes nothing: the Broker answers a cancel of a
+    cancelled order, and a modify to the order's present qty and price, with its state.
+    Kept for `unanswered_ttl_s` at most, like new_orders."""
+
+
+_FINAL_STATUSES = frozenset({"filled", "cancelled", "rejected", "expired"})
+
+
+def _amendment_answered(link: AccountLink, key: tuple[str, str], event: dict[str, Any]) -> None:
+    """Forget the amendments of `key` that `event` (from the Broker) shows carried out: all
+    of them once the order is finished or the Broker refused one (its refusal is the answer),
+    the modify once the order reports the modify's qty and price."""
+    amendments = link.amending.get(key)
+    if amendments is None:
+        return
+    if event.get("type") == "error" or event.get("status") in _FINAL_STATUSES:
+        del link.amending[key]
+        return
+    modify = amendments.get("modify_order")
+    if modify is not None and event.get("type") in ("order_modified", "order_snapshot"):
+        wanted = orjson.loads(modify[0])["msg"]
+        if all(_same_amount(wanted.get(name), event.get(name)) for name in ("qty", "price")):
+            del amendments["modify_order"]
+            if not amendments:
+                del link.amending[key]
+
+
+def _same_amount(wanted: object, reported: object) -> bool:
+    """Whether a modify's `wanted` amount (None: unchanged) is what the order reports."""
+    if wanted is None:
+        return True
+    try:
+        return Decimal(str(wanted)) == Decimal(str(reported))
+    except ArithmeticError:  # a malformed figure never matches
+        return False
 
 
 class Counters:
@@ -477,11 +518,18 @@ class MarketCore:
                 if link.ready:
                     self._to_link(link, frame)
                 return
+        elif isinstance(request, CancelOrder | ModifyOrder):
+            key = (session.session_id, request.client_order_id)
+            if link.ready or key in link.amending or \
+                    len(link.amending) < self.settings.max_held_requests:
+                link.amending.setdefault(key, {})[request.type] = (frame, now)
+                if link.ready:
+                    self._to_link(link, frame)
+                return
         elif link.ready:
             self._to_link(link, frame)
             return
-        elif isinstance(request, (CancelOrder, ModifyOrder, Signal)) and \
-                len(link.held) < self.settings.max_held_requests:
+        elif isinstance(request, Signal) and len(link.held) < self.settings.max_held_requests:
             link.held.append(frame)
             return
         self._emit(conn, _error(
@@ -511,6 +559,10 @@ class MarketCore:
                 self._send_replay(link, session)
         for entry in link.unanswered.values():
             self._to_link(link, entry.frame)
+        for amendments in link.amending.values():
+            for kind in ("modify_order", "cancel_order"):  # a cancel goes last, as intended
+                if kind in amendments:
+                    self._to_link(link, amendments[kind][0])
         for frame in link.held:
             self._to_link(link, frame)
         link.held.clear()
@@ -650,6 +702,8 @@ class MarketCore:
             entry = link.unanswered.pop((session.session_id, client_order_id), None)
             if entry is not None:
                 self.latency.add((now - entry.sent_at) * 1e6)
+            if link.amending:
+                _amendment_answered(link, (session.session_id, client_order_id), event)
         conn = session.conn
         if conn is None:
             return  # detached: the resume replays it
@@ -669,6 +723,8 @@ class MarketCore:
             client_order_id = event.get("client_order_id")
             if isinstance(client_order_id, str):
                 link.unanswered.pop((session.session_id, client_order_id), None)
+                if link.amending:
+                    _amendment_answered(link, (session.session_id, client_order_id), event)
             seq = event.get("seq")
             if isinstance(seq, int):
                 items.append((seq, orjson.dumps(event)))
@@ -711,7 +767,8 @@ class MarketCore:
 
     def expire(self, now: float) -> None:
         """Forget sessions detached for longer than the grace period (their streams too),
-        and stop re-sending new_orders nobody answered for `unanswered_ttl_s`."""
+        and stop re-sending new_orders and amendments nobody answered for
+        `unanswered_ttl_s`."""
         cutoff = now - self.settings.detached_grace_s
         for session in [s for s in self.sessions.values()
                         if s.detached_at is not None and s.detached_at <= cutoff]:
@@ -720,6 +777,11 @@ class MarketCore:
         for link in self.links.values():
             for key in [k for k, e in link.unanswered.items() if e.sent_at <= stale]:
                 del link.unanswered[key]
+            for key, amendments in list(link.amending.items()):
+                for kind in [k for k, (_, at) in amendments.items() if at <= stale]:
+                    del amendments[kind]
+                if not amendments:
+                    del link.amending[key]
 
     def _forget(self, session: MarketSession) -> None:
         del self.sessions[session.session_id]

@@ -224,6 +224,24 @@ def test_cancel_of_a_filled_order_is_refused() -> None:
     )
 
 
+def test_a_repeated_cancel_or_a_modify_that_changes_nothing_is_answered_with_the_state(
+) -> None:
+    # What an amendment re-sent after a failover meets when its first copy was carried out.
+    t = tracker()
+    t.receive(REQUEST)
+    t.receive(accepted())
+    [answer] = t.receive(ModifyOrder(client_order_id="c1", account="acct", price=REQUEST.price))
+    assert isinstance(answer, Emit) and answer.event.type == "order_snapshot"
+    assert not any(isinstance(e, ModifyAtVenue) for e in t.receive(
+        ModifyOrder(client_order_id="c1", account="acct", qty=REQUEST.qty)))
+    effects = t.receive(ModifyOrder(client_order_id="c1", account="acct", qty=D(3)))
+    assert any(isinstance(e, ModifyAtVenue) for e in effects)  # a real change goes out
+    t.receive(cancelled())
+    [answer] = t.receive(CancelOrder(client_order_id="c1", account="acct"))
+    assert isinstance(answer, Emit) and answer.event.type == "order_snapshot"
+    assert answer.event.status is OrderStatus.CANCELLED
+
+
 def test_modify_of_a_cancelled_order_is_refused() -> None:
     t = tracker()
     t.receive(REQUEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from typing import Any
 
@@ -317,6 +318,41 @@ def test_link_drop_holds_orders_and_resends_unanswered_ones_on_reconnect() -> No
     frames = link_frames(h.core)
     assert [f["type"] for f in frames] == ["md_subscribe", "replay", "route", "route", "route"]
     assert [f["msg"]["client_order_id"] for f in frames[2:]] == ["sent", "held", "other"]
+
+
+def test_amendments_the_broker_has_not_answered_go_again_to_the_next_broker() -> None:
+    # The Broker may die with a forwarded cancel or modify not yet journaled: the Market
+    # sends each order's latest ones again when the link is back, until answered.
+    h = Harness()
+    a = h.session("s-a")
+    read(a)
+    for cid in ("o-1", "o-2", "o-3"):
+        h.send(a, type="modify_order", client_order_id=cid, account=ACCOUNT, price="99")
+        h.send(a, type="modify_order", client_order_id=cid, account=ACCOUNT, price="98.5")
+        h.send(a, type="cancel_order", client_order_id=cid, account=ACCOUNT)
+    h.send(a, type="modify_order", client_order_id="o-4", account=ACCOUNT, qty="2")
+    assert len([f for f in link_frames(h.core) if f["type"] == "route"]) == 10
+    seqs = itertools.count(1)
+
+    def event(cid: str, kind: str, **fields: Any) -> None:
+        h.from_broker(type="session_event", session_id="s-a",
+                      event={**order_event(next(seqs), cid, kind), **fields})
+
+    event("o-1", "order_modified", price="98.50")  # the latest modify, carried out
+    event("o-2", "order_cancelled", status="cancelled", remaining_qty="0")  # finished
+    event("o-4", "order_modified", price="98.5")  # not the qty asked for: still open
+    h.from_broker(type="session_event", session_id="s-a", event={
+        "type": "error", "code": "order_not_cancellable", "message": "filled",
+        "client_order_id": "o-3"})  # refused: that is its answer
+    h.core.link_down(ACCOUNT)
+    h.core.link_up(ACCOUNT, WELCOME.model_copy(update={"epoch": 2}))
+    again = [(f["msg"]["client_order_id"], f["msg"]["type"], f["msg"].get("price"))
+             for f in link_frames(h.core) if f["type"] == "route"]
+    assert again == [("o-1", "cancel_order", None), ("o-4", "modify_order", None)]
+    h.core.expire(h.now + MarketSettings().unanswered_ttl_s + 1)  # then given up on
+    h.core.link_down(ACCOUNT)
+    h.core.link_up(ACCOUNT, WELCOME.model_copy(update={"epoch": 3}))
+    assert [f for f in link_frames(h.core) if f["type"] == "route"] == []
 
 
 # ---------------------------------------------------------------- bad input
