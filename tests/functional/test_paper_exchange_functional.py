@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -599,6 +600,32 @@ async def test_a_killed_exchange_makes_calls_retryable_and_the_stream_report_it(
     finally:
         await adapter.close()
         doomed.stop()
+
+
+async def test_an_exchange_restarted_on_another_port_is_found_again(tmp_path: Path) -> None:
+    # `tradefleet up --port-base 0` restarts a dead exchange on an OS-chosen port; the
+    # Broker's adapter must follow the URL it announces, not retry the old one forever.
+    first = start_exchange(tmp_path / "moving")
+    adapter = RemotePaperAdapter(
+        first.url, TOKEN, "mover", reconnect=ReconnectPolicy(initial_s=0.05, max_s=0.2),
+        locate=partial(read_paper_url, first.data_dir))
+    second: Exchange | None = None
+    try:
+        await adapter.connect()
+        events = Events(adapter)
+        first.proc.kill()
+        first.proc.wait(timeout=10)
+        await events.until(lambda e: isinstance(e, ConnectionChanged) and not e.connected)
+        second = start_exchange(tmp_path / "moving")
+        await events.until(lambda e: isinstance(e, ConnectionChanged) and e.connected,
+                           timeout=20)
+        assert adapter.url == second.url
+        assert await adapter.open_orders() == []  # requests go to the new address too
+    finally:
+        await adapter.close()
+        first.stop()
+        if second is not None:
+            assert second.stop() == 0, second.stderr()
 
 
 async def test_a_killed_exchange_restarts_with_its_accounts_orders_and_fills(

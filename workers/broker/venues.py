@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -51,7 +52,8 @@ def _paper(account: str, data_dir: Path, service_token: str) -> Adapter:
     if not service_token:
         raise FatalAdapterError("TRADEFLEET_SERVICE_TOKEN is not set; the paper exchange "
                                 "needs the deployment's service token")
-    return RemotePaperAdapter(url, service_token, account)
+    return RemotePaperAdapter(url, service_token, account,
+                              locate=partial(read_paper_url, data_dir))
 
 
 def _kraken_spot(account: str, prefix: str, endpoints: dict[str, str]) -> Adapter:

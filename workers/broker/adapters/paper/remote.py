@@ -27,7 +27,7 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -283,6 +283,7 @@ class RemotePaperAdapter(Adapter):
         request_timeout_s: float = 10.0,
         max_queue: int = 10_000,
         rng: random.Random | None = None,
+        locate: Callable[[], str | None] | None = None,
     ) -> None:
         problem = wire.account_problem(account)
         if problem is not None:
@@ -290,6 +291,7 @@ class RemotePaperAdapter(Adapter):
         if not token:
             raise ValueError("a service token is required")
         self.url = url.rstrip("/")
+        self._locate = locate
         self.account = account
         self._token = token
         self._reconnect = reconnect or ReconnectPolicy()
@@ -715,11 +717,20 @@ class RemotePaperAdapter(Adapter):
     async def _reopen_stream(self) -> tuple[aiohttp.ClientWebSocketResponse, Hello]:
         for attempt in itertools.count():
             await asyncio.sleep(self._reconnect.delay(attempt, self._rng))
+            self._relocate()
             try:
                 return await self._open_stream()
             except RetryableAdapterError as exc:
                 self._log.info("paper_stream_reconnect_failed", attempt=attempt + 1, error=str(exc))
         raise AssertionError("unreachable")
+
+    def _relocate(self) -> None:
+        """Follow the exchange to where it now says it is: restarted on an OS-chosen port, it
+        announces a new URL (`read_paper_url`), and the old one would be tried forever."""
+        found = self._locate() if self._locate is not None else None
+        if found and found.rstrip("/") != self.url:
+            self._log.info("paper_url_changed", old=self.url, url=found)
+            self.url = found.rstrip("/")
 
     async def _restore_subscriptions(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         # Not awaiting the acks: this task is the one that reads them. Refusals are logged.
