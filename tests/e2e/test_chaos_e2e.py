@@ -2,8 +2,9 @@
 
 The single-kill tests in `test_trading_e2e.py` kill a worker at a chosen moment. Here an algo
 trades without pause (limit orders that rest or cross, market orders, cancels, modifies) while
-the Broker worker that owns its account or the Market worker it is on is killed -9, ten times,
-at moments drawn from a seeded generator: kills land between a request and its answer,
+the Broker worker that owns its account, the Market worker it is on or the paper exchange
+itself (restarted by `tradefleet up` on a new port) is killed -9, ten times, at moments drawn
+from a seeded generator: kills land between a request and its answer,
 between a journal append and the venue call, mid-fill, and half the time before the previous
 kill's replacement has finished recovering. Afterwards the algo's view is compared with the
 paper exchange's own books, order by order and fill by fill.
@@ -26,14 +27,21 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.fleet import FAST_CONFIG, RunningFleet, start_fleet, wait_for, workers_of
+from tests.support.fleet import (
+    FAST_CONFIG,
+    Http,
+    RunningFleet,
+    start_fleet,
+    wait_for,
+    workers_of,
+)
 from tradefleet.client import MarketClient, OrderHandle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ACCOUNT = "chaos-1"
 INSTRUMENT = "BTC/USD"
-KILLS = 10  # each the account's Broker or the algo's Market, drawn at random
+KILLS = 10  # each of the account's Broker, the algo's Market or the exchange, at random
 QTY = Decimal("0.01")
 
 CONFIG = "traders = []\n" + FAST_CONFIG + f"""
@@ -165,14 +173,16 @@ class Algo:
 
 
 class Killer:
-    """Kills the account's Broker owner or the algo's Market, whatever it is doing at the
-    moment (reconciling after the previous kill included), and tells when both are back."""
+    """Kills the account's Broker owner, the algo's Market or the exchange, whatever it is
+    doing at the moment (recovering from the previous kill included), and tells when the
+    account is owned and the algo connected again."""
 
     def __init__(self, fleet: RunningFleet, client: MarketClient) -> None:
         self.fleet = fleet
         self.client = client
         self.dead_brokers: set[str] = set()
         self.dead_markets: set[str] = set()
+        self.dead_exchanges: set[int] = set()
 
     def _live_owner(self) -> dict[str, Any] | None:
         owner = owner_of(self.fleet)
@@ -207,6 +217,17 @@ class Killer:
         self.dead_markets.add(url)
         os.kill(pid, signal.SIGKILL)
 
+    def _exchange_pid(self) -> int | None:
+        url = (self.fleet.data_dir / "run" / "paper.url").read_text().strip()
+        pid = Http(url).get("/health")["pid"]
+        return pid if isinstance(pid, int) and pid not in self.dead_exchanges else None
+
+    async def exchange(self) -> None:
+        """The paper exchange: the venue itself (`tradefleet up` restarts it, on a new port)."""
+        pid = await asyncio.to_thread(wait_for, self._exchange_pid, 60, "the exchange up")
+        self.dead_exchanges.add(pid)
+        os.kill(pid, signal.SIGKILL)
+
     async def recovered(self) -> None:
         """A live, reconciled owner, and the algo connected to a live Market."""
         def owner_ready() -> dict[str, Any] | None:
@@ -235,11 +256,11 @@ async def test_trading_through_repeated_kill_9s_loses_and_doubles_nothing(
         kills: list[str] = []
         for _ in range(KILLS):
             await asyncio.sleep(rng.uniform(0.1, 1.2))  # trading between kills, not a wait
-            victim = rng.choice(["broker", "market"])
+            victim = rng.choice(["broker", "broker", "market", "market", "exchange"])
             settle = rng.random() < 0.5  # else the next kill may land mid-recovery
             kills.append(f"{victim} after order {len(algo.handles)}"
                          + ("" if settle else ", no settling"))
-            await (killer.broker() if victim == "broker" else killer.market())
+            await getattr(killer, victim)()
             if settle:
                 await killer.recovered()
         await killer.recovered()
