@@ -24,6 +24,18 @@ from tradefleet.service.tokens import customer_tokens, load_or_create_secrets, m
 
 KINDS = ("broker", "market", "trader")
 READY_TIMEOUT_S = 30.0
+STABLE_S = 60.0
+"""A component that ran this long before it died is restarted at once again (0.5 s), not
+after the back-off its earlier crashes built up."""
+
+
+def restart_delay(restarts: int, ran_for_s: float) -> tuple[float, int]:
+    """(seconds to wait, restarts so far) for a component that died after `ran_for_s` s,
+    having been restarted `restarts` times: doubling from 0.5 s up to 30 s while it keeps
+    dying young, back to 0.5 s once it had run for `STABLE_S`."""
+    if ran_for_s >= STABLE_S:
+        restarts = 0
+    return min(30.0, 0.5 * 2 ** restarts), restarts
 
 
 @dataclass
@@ -36,10 +48,12 @@ class Component:
     url: str = ""
     restarts: int = 0
     next_restart: float = 0.0
+    started_at: float = 0.0
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         self.url_file.unlink(missing_ok=True)
+        self.started_at = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - the child's log, closed by close_log()
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=self._log,
@@ -181,7 +195,7 @@ class Launcher:
                 if comp.proc is None or comp.proc.poll() is None or self._stopping:
                     continue
                 if comp.next_restart == 0.0:
-                    delay = min(30.0, 0.5 * 2 ** comp.restarts)
+                    delay, comp.restarts = restart_delay(comp.restarts, now - comp.started_at)
                     comp.next_restart = now + delay
                     self._say(f"{comp.name} exited with code {comp.proc.returncode}; "
                               f"restarting in {delay:.1f}s")
