@@ -183,6 +183,7 @@ class Killer:
         self.dead_brokers: set[str] = set()
         self.dead_markets: set[str] = set()
         self.dead_exchanges: set[int] = set()
+        self.dead_managers: set[int] = set()
 
     def _live_owner(self) -> dict[str, Any] | None:
         owner = owner_of(self.fleet)
@@ -228,6 +229,16 @@ class Killer:
         self.dead_exchanges.add(pid)
         os.kill(pid, signal.SIGKILL)
 
+    def _manager_pid(self) -> int | None:
+        pid = self.fleet.manager("broker").get("/health").get("pid")
+        return pid if isinstance(pid, int) and pid not in self.dead_managers else None
+
+    async def manager(self) -> None:
+        """The BrokerManager (`tradefleet up` restarts it; it re-adopts its workers)."""
+        pid = await asyncio.to_thread(wait_for, self._manager_pid, 60, "the BrokerManager up")
+        self.dead_managers.add(pid)
+        os.kill(pid, signal.SIGKILL)
+
     async def recovered(self) -> None:
         """A live, reconciled owner, and the algo connected to a live Market."""
         def owner_ready() -> dict[str, Any] | None:
@@ -256,7 +267,7 @@ async def test_trading_through_repeated_kill_9s_loses_and_doubles_nothing(
         kills: list[str] = []
         for _ in range(KILLS):
             await asyncio.sleep(rng.uniform(0.1, 1.2))  # trading between kills, not a wait
-            victim = rng.choice(["broker", "broker", "market", "market", "exchange"])
+            victim = rng.choice(["broker", "broker", "market", "market", "exchange", "manager"])
             settle = rng.random() < 0.5  # else the next kill may land mid-recovery
             kills.append(f"{victim} after order {len(algo.handles)}"
                          + ("" if settle else ", no settling"))
