@@ -2,9 +2,9 @@
 
 The single-kill tests in `test_trading_e2e.py` kill a worker at a chosen moment. Here an algo
 trades without pause (limit orders that rest or cross, market orders, cancels, modifies) while
-the Broker worker that owns its account, the Market worker it is on or the paper exchange
-itself (restarted by `tradefleet up` on a new port) is killed -9, ten times, at moments drawn
-from a seeded generator: kills land between a request and its answer,
+the Broker worker that owns its account, the Market worker it is on, the BrokerManager or the
+paper exchange itself (both restarted by `tradefleet up`, on new ports) is killed -9, ten
+times, at moments drawn from a seeded generator: kills land between a request and its answer,
 between a journal append and the venue call, mid-fill, and half the time before the previous
 kill's replacement has finished recovering. Afterwards the algo's view is compared with the
 paper exchange's own books, order by order and fill by fill.
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ACCOUNT = "chaos-1"
 INSTRUMENT = "BTC/USD"
-KILLS = 10  # each of the account's Broker, the algo's Market or the exchange, at random
+KILLS = 10  # each a Broker, a Market, the BrokerManager or the exchange, at random
 QTY = Decimal("0.01")
 
 CONFIG = "traders = []\n" + FAST_CONFIG + f"""
@@ -173,9 +173,9 @@ class Algo:
 
 
 class Killer:
-    """Kills the account's Broker owner, the algo's Market or the exchange, whatever it is
-    doing at the moment (recovering from the previous kill included), and tells when the
-    account is owned and the algo connected again."""
+    """Kills the account's Broker owner, the algo's Market, the BrokerManager or the
+    exchange, whatever it is doing at the moment (recovering from the previous kill
+    included), and tells when the account is owned and the algo connected again."""
 
     def __init__(self, fleet: RunningFleet, client: MarketClient) -> None:
         self.fleet = fleet
