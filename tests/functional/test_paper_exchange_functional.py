@@ -606,11 +606,12 @@ async def test_an_exchange_restarted_on_another_port_is_found_again(tmp_path: Pa
     # `tradefleet up --port-base 0` restarts a dead exchange on an OS-chosen port; the
     # Broker's adapter must follow the URL it announces, not retry the old one forever.
     first = start_exchange(tmp_path / "moving")
-    adapter = RemotePaperAdapter(
-        first.url, TOKEN, "mover", reconnect=ReconnectPolicy(initial_s=0.05, max_s=0.2),
-        locate=partial(read_paper_url, first.data_dir))
     second: Exchange | None = None
+    adapter: RemotePaperAdapter | None = None
     try:
+        adapter = RemotePaperAdapter(
+            first.url, TOKEN, "mover", reconnect=ReconnectPolicy(initial_s=0.05, max_s=0.2),
+            locate=partial(read_paper_url, first.data_dir))
         await adapter.connect()
         events = Events(adapter)
         first.proc.kill()
@@ -622,7 +623,8 @@ async def test_an_exchange_restarted_on_another_port_is_found_again(tmp_path: Pa
         assert adapter.url == second.url
         assert await adapter.open_orders() == []  # requests go to the new address too
     finally:
-        await adapter.close()
+        if adapter is not None:
+            await adapter.close()
         first.stop()
         if second is not None:
             assert second.stop() == 0, second.stderr()
