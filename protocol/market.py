@@ -44,6 +44,7 @@ from pydantic import (
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 # Enough for any real price or size; a bound keeps arithmetic exact and cheap.
 MAX_DECIMAL_CHARS = 64
+_TOO_LONG = f"more than {MAX_DECIMAL_CHARS} characters in plain notation"
 
 
 def parse_decimal(value: object) -> Decimal:
@@ -60,13 +61,13 @@ def parse_decimal(value: object) -> Decimal:
         if _too_long(value):
             # A model holds only what its wire form can carry: built here from a Decimal, it
             # would be sent as a string every reader refuses (the answer would be lost).
-            raise ValueError(f"more than {MAX_DECIMAL_CHARS} characters in plain notation")
+            raise ValueError(_TOO_LONG)
         return value
     if isinstance(value, bool):  # bool is an int subclass; True is not a price
         raise ValueError("must be a decimal string, not a boolean")  # noqa: TRY004 - pydantic reports ValueError
     if isinstance(value, int):
         if value.bit_length() > 4 * MAX_DECIMAL_CHARS or len(str(value)) > MAX_DECIMAL_CHARS:
-            raise ValueError(f"more than {MAX_DECIMAL_CHARS} characters in plain notation")
+            raise ValueError(_TOO_LONG)
         return Decimal(value)
     if isinstance(value, float):
         raise ValueError('must be a decimal string such as "0.1": floats are not exact')  # noqa: TRY004

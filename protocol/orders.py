@@ -30,6 +30,8 @@ reports that the fills never touched).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -203,6 +205,22 @@ class ModifyOrder(Frozen):
         if price is None and info.data.get("qty") is None:
             raise PydanticCustomError("missing_for_choice", "modify_order needs qty and/or price")
         return price
+
+
+def modify_reported(modify: Mapping[str, Any], qty: object, price: object) -> bool:
+    """Whether an order that reports `qty` and `price` shows `modify` (a modify_order's
+    fields, wire strings or decimals) carried out: each amount it asked for is the one
+    reported. How the Market and the SDK know a modify needs no sending again."""
+    for name, reported in (("qty", qty), ("price", price)):
+        wanted = modify.get(name)
+        if wanted is None:
+            continue
+        try:
+            if Decimal(str(wanted)) != Decimal(str(reported)):
+                return False
+        except ArithmeticError:  # a malformed figure never matches
+            return False
+    return True
 
 
 class GetPositions(Frozen):

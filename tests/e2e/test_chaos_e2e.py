@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -77,17 +76,13 @@ def owner_of(fleet: RunningFleet) -> dict[str, Any] | None:
     return fleet.manager("broker").get("/v1/accounts")["accounts"].get(ACCOUNT)  # type: ignore[no-any-return]
 
 
-def secrets_of(fleet: RunningFleet) -> dict[str, str]:
-    return json.loads((fleet.data_dir / "secrets.json").read_text())  # type: ignore[no-any-return]
-
-
 class Venue:
     """The paper exchange's REST API: the ground truth."""
 
     def __init__(self, fleet: RunningFleet, http: aiohttp.ClientSession) -> None:
         self.base = (fleet.data_dir / "run" / "paper.url").read_text().strip() + \
             f"/v1/accounts/{ACCOUNT}"
-        self.headers = {"Authorization": f"Bearer {secrets_of(fleet)['join_token']}"}
+        self.headers = {"Authorization": f"Bearer {fleet.secrets()['join_token']}"}
         self.http = http
 
     async def get(self, path: str) -> tuple[int, Any]:
@@ -256,7 +251,7 @@ async def test_trading_through_repeated_kill_9s_loses_and_doubles_nothing(
     rng = random.Random(seed)
     print(f"chaos seed {seed}", flush=True)
     url = fleet.manager_url_files["market"].read_text().strip()
-    client = await MarketClient.connect(url, secrets_of(fleet)["api_token.chaos"],
+    client = await MarketClient.connect(url, fleet.secrets()["api_token.chaos"],
                                         account=ACCOUNT)
     algo = Algo(client, rng)
     tasks: list[asyncio.Task[None]] = []

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from protocol.signals import ExitFired, SignalAccepted, SignalRejected
-from tests.e2e.test_trading_e2e import connect, ledger, secrets_of
+from tests.e2e.test_trading_e2e import connect, ledger
 from tests.support.fleet import FAST_CONFIG, RunningFleet, start_fleet, wait_for, workers_of
 from tradefleet.client import MarketClient
 
@@ -167,7 +167,7 @@ async def steer(fleet: RunningFleet, price: Decimal, ticks_per_step: int = STEER
                 ) -> Decimal:
     """Point the paper exchange's walk of STILL/USD at `price`; returns the mid right now."""
     url = (fleet.data_dir / "run" / "paper.url").read_text().strip()
-    headers = {"Authorization": f"Bearer {secrets_of(fleet)['join_token']}"}
+    headers = {"Authorization": f"Bearer {fleet.secrets()['join_token']}"}
     body = {"instrument": STILL, "price": str(price), "ticks_per_step": ticks_per_step}
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{url}/v1/admin/steer", json=body, headers=headers) as resp:
@@ -239,7 +239,7 @@ async def test_a_signal_s_stop_fires_while_the_algo_is_away_and_the_journal_tell
         await steer_to(fleet, MID)
     # The algo comes back on its session: it gets what it missed, once, in seq order.
     url = fleet.manager_url_files["market"].read_text().strip()
-    client = await MarketClient.connect(url, secrets_of(fleet)["api_token.demo"],
+    client = await MarketClient.connect(url, fleet.secrets()["api_token.demo"],
                                         account="pm-exit", session_id=session_id,
                                         resume_from_seq=last_seq)
     try:
@@ -376,7 +376,7 @@ async def test_two_algos_of_one_customer_share_the_account_limits(fleet: Running
 async def test_a_trader_tag_s_stricter_limit_applies_to_the_tagged_session_only(
         fleet: RunningFleet) -> None:
     url = fleet.manager_url_files["market"].read_text().strip()
-    tagged = await MarketClient.connect(url, secrets_of(fleet)["api_token.demo"],
+    tagged = await MarketClient.connect(url, fleet.secrets()["api_token.demo"],
                                         account="pm-tags", trader_tag="scalper")
     untagged = await connect(fleet, "pm-tags")
     try:

@@ -69,13 +69,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
         running.stop()
 
 
-def secrets_of(fleet: RunningFleet) -> dict[str, str]:
-    return json.loads((fleet.data_dir / "secrets.json").read_text())  # type: ignore[no-any-return]
-
-
 async def ledger(fleet: RunningFleet, account: str) -> dict[str, Any]:
     url = (fleet.data_dir / "run" / "paper.url").read_text().strip()
-    headers = {"Authorization": f"Bearer {secrets_of(fleet)['join_token']}"}
+    headers = {"Authorization": f"Bearer {fleet.secrets()['join_token']}"}
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/v1/accounts/{account}/ledger", headers=headers) as resp:
             assert resp.status == 200
@@ -85,7 +81,7 @@ async def ledger(fleet: RunningFleet, account: str) -> dict[str, Any]:
 async def connect(fleet: RunningFleet, account: str = "algo-1",
                   customer: str = "demo") -> MarketClient:
     url = fleet.manager_url_files["market"].read_text().strip()
-    return await MarketClient.connect(url, secrets_of(fleet)[f"api_token.{customer}"],
+    return await MarketClient.connect(url, fleet.secrets()[f"api_token.{customer}"],
                                       account=account)
 
 
@@ -289,7 +285,7 @@ async def raw_session(fleet: RunningFleet, customer: str = "demo", account: str 
                       ) -> tuple[aiohttp.ClientSession, Any]:
     url = fleet.manager_url_files["market"].read_text().strip()
     http = aiohttp.ClientSession()
-    token = secrets_of(fleet)[f"api_token.{customer}"]
+    token = fleet.secrets()[f"api_token.{customer}"]
     async with http.post(f"{url}/v1/sessions", json={"account": account},
                          headers={"Authorization": f"Bearer {token}"}) as resp:
         grant = await resp.json()

@@ -128,6 +128,10 @@ class RunningFleet:
         path = self.data_dir / "up.out"
         return path.read_text() if path.exists() else ""
 
+    def secrets(self) -> dict[str, str]:
+        """The deployment's generated secrets (`secrets.json`: tokens by name)."""
+        return json.loads((self.data_dir / "secrets.json").read_text())  # type: ignore[no-any-return]
+
     def fleet(self) -> dict[str, Any]:
         return self.infra.get("/v1/fleet")  # type: ignore[no-any-return]
 

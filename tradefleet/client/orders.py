@@ -22,6 +22,7 @@ from protocol.orders import (
     OrderStatus,
     OrderType,
     TimeInForce,
+    modify_reported,
 )
 from protocol.session import Error
 from tradefleet.client.errors import ClientError, OrderNotFilled
@@ -155,9 +156,8 @@ class OrderHandle:
             self.unconfirmed.clear()
             return
         modify = self.unconfirmed.get("modify_order")
-        if modify is not None and event.type in ("order_modified", "order_snapshot") and all(
-                modify.get(name) is None or Decimal(str(modify[name])) == getattr(event, name)
-                for name in ("qty", "price")):
+        if modify is not None and event.type in ("order_modified", "order_snapshot") and \
+                modify_reported(modify, event.qty, event.price):
             del self.unconfirmed["modify_order"]
 
     def add_fill(self, fill: Fill) -> None:

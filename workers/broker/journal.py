@@ -224,12 +224,15 @@ class Journal(JournalReader):
             "SELECT ?,?,?,?,?,? WHERE (SELECT epoch FROM owner WHERE id = 1) = ?",
             (ts, kind, self.epoch, session_id, session_seq, body, self.epoch))
         if cursor.rowcount != 1:
-            raise JournalFenced(f"journal {self.path.name} now belongs to epoch "
-                                f"{self.owner_epoch() or '?'}; this worker is {self.epoch}")
+            raise self._fenced()
         if session_id is not None and session_seq is not None:
             _keep(self._session_seqs, session_id, session_seq, self._cache_size)
         return Entry(int(cursor.lastrowid or 0), ts, kind, self.epoch, session_id, session_seq,
                      payload)
+
+    def _fenced(self) -> JournalFenced:
+        return JournalFenced(f"journal {self.path.name} now belongs to epoch "
+                             f"{self.owner_epoch() or '?'}; this worker is {self.epoch}")
 
     def customer_of(self, session_id: str) -> str | None:
         """The customer the session `session_id` belongs to (None: never heard of)."""
@@ -260,8 +263,7 @@ class Journal(JournalReader):
         self._db.execute("BEGIN IMMEDIATE")
         try:
             if self.owner_epoch() != self.epoch:
-                raise JournalFenced(f"journal {self.path.name} now belongs to epoch "
-                                    f"{self.owner_epoch() or '?'}; this worker is {self.epoch}")
+                raise self._fenced()
             self._db.executemany(
                 "INSERT INTO sessions VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE "
                 "SET customer = excluded.customer WHERE customer != excluded.customer",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -28,7 +27,7 @@ from protocol.codec import CodecError, decode, encode
 from protocol.errors import ErrorCode
 from protocol.link import LinkWelcome, Replayed, SessionEvent
 from protocol.market import CandleInterval, Channel, InstrumentSpec
-from protocol.orders import CancelOrder, ModifyOrder, NewOrder
+from protocol.orders import TERMINAL_STATUSES, CancelOrder, ModifyOrder, NewOrder, modify_reported
 from protocol.session import (
     Error,
     Hello,
@@ -129,9 +128,6 @@ class AccountLink:
     Kept for `unanswered_ttl_s` at most, like new_orders."""
 
 
-_FINAL_STATUSES = frozenset({"filled", "cancelled", "rejected", "expired"})
-
-
 def _amendment_answered(link: AccountLink, key: tuple[str, str], event: dict[str, Any]) -> None:
     """Forget the amendments of `key` that `event` (from the Broker) shows carried out: all
     of them once the order is finished or the Broker refused one (its refusal is the answer),
@@ -139,26 +135,15 @@ def _amendment_answered(link: AccountLink, key: tuple[str, str], event: dict[str
     amendments = link.amending.get(key)
     if amendments is None:
         return
-    if event.get("type") == "error" or event.get("status") in _FINAL_STATUSES:
+    if event.get("type") == "error" or event.get("status") in TERMINAL_STATUSES:
         del link.amending[key]
         return
     modify = amendments.get("modify_order")
-    if modify is not None and event.get("type") in ("order_modified", "order_snapshot"):
-        wanted = orjson.loads(modify[0])["msg"]
-        if all(_same_amount(wanted.get(name), event.get(name)) for name in ("qty", "price")):
-            del amendments["modify_order"]
-            if not amendments:
-                del link.amending[key]
-
-
-def _same_amount(wanted: object, reported: object) -> bool:
-    """Whether a modify's `wanted` amount (None: unchanged) is what the order reports."""
-    if wanted is None:
-        return True
-    try:
-        return Decimal(str(wanted)) == Decimal(str(reported))
-    except ArithmeticError:  # a malformed figure never matches
-        return False
+    if modify is not None and event.get("type") in ("order_modified", "order_snapshot") and \
+            modify_reported(orjson.loads(modify[0])["msg"], event.get("qty"), event.get("price")):
+        del amendments["modify_order"]
+        if not amendments:
+            del link.amending[key]
 
 
 class Counters:
