@@ -7,6 +7,7 @@ client) starts and stops in `cleanup_ctx`, torn down in reverse order.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -132,7 +133,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "infra_id": request.app[SETTINGS].infra_id})
+    return json_response({"status": "ok", "infra_id": request.app[SETTINGS].infra_id,
+                          "pid": os.getpid()})
 
 
 async def ready(request: web.Request) -> web.Response:

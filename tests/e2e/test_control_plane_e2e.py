@@ -96,6 +96,7 @@ def test_kill_9_of_a_manager_readopts_the_same_workers(fleet: RunningFleet) -> N
     before = {w["id"]: (w["pid"], w["epoch"]) for w in workers_of(doc, "market")}
     old_pid = fleet.manager_pid("market")
     old_epoch = fleet.manager("market").get("/health")["epoch"]
+    old_url = fleet.manager_url_files["market"].read_text().strip()
     os.kill(old_pid, signal.SIGKILL)
 
     # `tradefleet up` restarts the manager; the new one re-adopts instead of spawning.
@@ -110,6 +111,33 @@ def test_kill_9_of_a_manager_readopts_the_same_workers(fleet: RunningFleet) -> N
     assert all(pid_alive(pid) for pid, _ in after.values())
     view = fleet.manager("market").get("/v1/manager")
     assert view["desired"] == 3
+    # Back on the port the OS gave it at first: the URL algos were given still works.
+    assert fleet.manager_url_files["market"].read_text().strip() == old_url
+    wait_for(lambda: f"market-manager is back at {old_url}" in fleet.output(), 10,
+             "the restart announced")
+
+
+def test_kill_9_of_the_infra_manager_brings_it_back_at_its_url_with_the_location(
+        fleet: RunningFleet) -> None:
+    wait_for(lambda: all_up(fleet, {"broker": 1, "market": 2, "trader": 1}), 60, "up")
+    old_pid = fleet.infra.get("/health")["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+
+    # `tradefleet up` restarts it on the port it had (chosen by the OS at first): the URL the
+    # managers check in with and the operator's dashboard URL stay valid.
+    wait_for(lambda: fleet.infra.get("/health")["pid"] != old_pid, 60, "infra restarted")
+
+    def location_whole() -> dict | None:  # type: ignore[type-arg]
+        doc = all_up(fleet, {"broker": 1, "market": 2, "trader": 1})
+        if doc is None:
+            return None
+        [location] = doc["locations"]
+        managers = location["managers"]
+        return doc if len(managers) == 3 and all(m["state"] == "up" for m in managers) \
+            else None
+
+    wait_for(location_whole, 60, "the location's managers and workers back on the dashboard")
+    assert (fleet.data_dir / "run" / "infra.url").read_text().strip() == fleet.infra.base
 
 
 def test_drained_worker_reports_draining_takes_no_new_work_and_exits(fleet: RunningFleet

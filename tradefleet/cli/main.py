@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     up.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE,
                     help="InfrastructureManager on N, Broker/Market/TraderManager on N+1..N+3; "
-                         "0 lets the OS choose every port.")
+                         "0 lets the OS choose every port. A component restarted after "
+                         "a crash asks for the port it had.")
 
     status = sub.add_parser("status", help="Show the fleet: locations, managers, workers.")
     _client_args(status)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from tradefleet.cli.api import CliError
 from tradefleet.config import FleetConfig
@@ -38,34 +40,74 @@ def restart_delay(restarts: int, ran_for_s: float) -> tuple[float, int]:
     return min(30.0, 0.5 * 2 ** restarts), restarts
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind `host:port` now (as the components bind: address reuse
+    on, so a port whose old connections linger in TIME_WAIT counts as free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class Component:
+    """One process `up` runs and restarts. `argv` is without `--port`: the component is
+    started with `port`, or, when that is 0 (the OS chooses), with the port it bound the
+    first time. So a component restarted after a crash comes back at the same URL — what
+    algos, workers and operators were given stays valid — unless something else took that
+    port meanwhile; then the OS chooses again (and the new URL is announced)."""
+
     name: str
     argv: list[str]
     url_file: Path
     log_path: Path
+    port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
+    ready: bool = False
+    kept_port: int = 0
     restarts: int = 0
     next_restart: float = 0.0
     started_at: float = 0.0
     _log: IO[bytes] | None = field(default=None, repr=False)
 
+    def port_to_ask(self) -> int:
+        if self.port or not self.kept_port:
+            return self.port
+        host = urlsplit(self.url).hostname or "127.0.0.1"
+        if port_free(host, self.kept_port):
+            return self.kept_port
+        self.kept_port = 0
+        return 0
+
     def start(self) -> None:
         self.url_file.unlink(missing_ok=True)
+        self.ready = False
+        argv = [*self.argv, "--port", str(self.port_to_ask())]
         self.started_at = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - the child's log, closed by close_log()
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=self._log,
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=self._log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def check_ready(self) -> bool:
+        """True once the component announced its URL (it writes `url_file` when it serves)."""
+        if not self.ready and self.url_file.exists():
+            self.url = self.url_file.read_text().strip()
+            self.ready = True
+            if not self.port:
+                self.kept_port = urlsplit(self.url).port or 0
+        return self.ready
 
     def wait_ready(self, deadline: float) -> str:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise CliError(f"{self.name} exited with code {self.proc.returncode} during "
                                f"start-up; see {self.log_path}")
-            if self.url_file.exists():
-                self.url = self.url_file.read_text().strip()
+            if self.check_ready():
                 return self.url
             time.sleep(0.05)
         raise CliError(f"{self.name} did not come up within {READY_TIMEOUT_S:.0f}s; "
@@ -160,8 +202,8 @@ class Launcher:
         infra_urls = list(self.config.infra_urls)
         if self.config.run_infra:
             infra = Component("infra-manager", [py, "-m", "infra_manager", "--host", "127.0.0.1",
-                                                "--port", str(self._port(0)), *self._common()],
-                              run / "infra.url", logs / "infra-manager.log")
+                                                *self._common()],
+                              run / "infra.url", logs / "infra-manager.log", self._port(0))
             self.components.append(infra)
             infra.start()
             infra_urls.insert(0, infra.wait_ready(time.monotonic() + READY_TIMEOUT_S))
@@ -169,19 +211,17 @@ class Launcher:
             # The built-in exchange is a venue, not a worker: it outlives Broker workers, so a
             # replaced Broker reconciles against the same exchange and ledger.
             paper = Component("paper-exchange", [py, "-m", "workers.broker.adapters.paper.server",
-                                                 "--host", "127.0.0.1", "--port",
-                                                 str(self._port(4)), *self._common()],
-                              run / "paper.url", logs / "paper-exchange.log")
+                                                 "--host", "127.0.0.1", *self._common()],
+                              run / "paper.url", logs / "paper-exchange.log", self._port(4))
             self.components.append(paper)
             paper.start()
             paper.wait_ready(time.monotonic() + READY_TIMEOUT_S)
         for offset, kind in enumerate(KINDS, start=1):
-            argv = [py, "-m", "managers", "--kind", kind, "--port", str(self._port(offset)),
-                    *self._common()]
+            argv = [py, "-m", "managers", "--kind", kind, *self._common()]
             for url in infra_urls:
                 argv += ["--infra-url", url]
             comp = Component(f"{kind}-manager", argv, run / f"{kind}-manager.url",
-                             logs / f"{kind}-manager.log")
+                             logs / f"{kind}-manager.log", self._port(offset))
             self.components.append(comp)
             comp.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -192,7 +232,14 @@ class Launcher:
         while not self._stopping:
             now = time.monotonic()
             for comp in self.components:
-                if comp.proc is None or comp.proc.poll() is None or self._stopping:
+                if self._stopping or comp.proc is None:
+                    continue
+                if comp.proc.poll() is None:
+                    was_at = comp.url
+                    if not comp.ready and comp.check_ready():
+                        self._say(f"{comp.name} is back at {comp.url}" if comp.url == was_at
+                                  else f"{comp.name} is back at a new URL {comp.url} (its "
+                                       f"port {urlsplit(was_at).port} was taken)")
                     continue
                 if comp.next_restart == 0.0:
                     delay, comp.restarts = restart_delay(comp.restarts, now - comp.started_at)
