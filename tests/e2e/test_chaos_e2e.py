@@ -2,11 +2,12 @@
 
 The single-kill tests in `test_trading_e2e.py` kill a worker at a chosen moment. Here an algo
 trades without pause (limit orders that rest or cross, market orders, cancels, modifies) while
-the Broker worker that owns its account, the Market worker it is on, the BrokerManager or the
-paper exchange itself (both restarted by `tradefleet up`, on new ports) is killed -9, ten
-times, at moments drawn from a seeded generator: kills land between a request and its answer,
-between a journal append and the venue call, mid-fill, and half the time before the previous
-kill's replacement has finished recovering. Afterwards the algo's view is compared with the
+the Broker worker that owns its account, the Market worker it is on, the BrokerManager, the
+MarketManager the algo reconnects through, or the paper exchange itself (the last three
+restarted by `tradefleet up`) is killed -9, twelve times, at moments drawn from a seeded
+generator: kills land between a request and its answer, between a journal append and the
+venue call, mid-fill, and half the time before the previous kill's replacement has finished
+recovering. Afterwards the algo's view is compared with the
 paper exchange's own books, order by order and fill by fill.
 
 Reproduce a run with `TRADEFLEET_CHAOS_SEED=<seed printed on failure> make test
@@ -21,6 +22,7 @@ import os
 import random
 import signal
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -40,7 +42,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ACCOUNT = "chaos-1"
 INSTRUMENT = "BTC/USD"
-KILLS = 10  # each a Broker, a Market, the BrokerManager or the exchange, at random
+KILLS = 12  # each a Broker, a Market, a manager or the exchange, at random
 QTY = Decimal("0.01")
 
 CONFIG = "traders = []\n" + FAST_CONFIG + f"""
@@ -168,9 +170,10 @@ class Algo:
 
 
 class Killer:
-    """Kills the account's Broker owner, the algo's Market, the BrokerManager or the
-    exchange, whatever it is doing at the moment (recovering from the previous kill
-    included), and tells when the account is owned and the algo connected again."""
+    """Kills the account's Broker owner, the algo's Market, the BrokerManager, the
+    MarketManager or the exchange, whatever it is doing at the moment (recovering from the
+    previous kill included), and tells when the account is owned and the algo connected
+    again."""
 
     def __init__(self, fleet: RunningFleet, client: MarketClient) -> None:
         self.fleet = fleet
@@ -219,20 +222,29 @@ class Killer:
         return pid if isinstance(pid, int) and pid not in self.dead_exchanges else None
 
     async def exchange(self) -> None:
-        """The paper exchange: the venue itself (`tradefleet up` restarts it, on a new port)."""
+        """The paper exchange: the venue itself (`tradefleet up` restarts it)."""
         pid = await asyncio.to_thread(wait_for, self._exchange_pid, 60, "the exchange up")
         self.dead_exchanges.add(pid)
         os.kill(pid, signal.SIGKILL)
 
-    def _manager_pid(self) -> int | None:
-        pid = self.fleet.manager("broker").get("/health").get("pid")
+    def _manager_pid(self, kind: str) -> int | None:
+        pid = self.fleet.manager(kind).get("/health").get("pid")
         return pid if isinstance(pid, int) and pid not in self.dead_managers else None
+
+    async def _kill_manager(self, kind: str) -> None:
+        pid = await asyncio.to_thread(wait_for, partial(self._manager_pid, kind), 60,
+                                      f"the {kind} manager up")
+        self.dead_managers.add(pid)
+        os.kill(pid, signal.SIGKILL)
 
     async def manager(self) -> None:
         """The BrokerManager (`tradefleet up` restarts it; it re-adopts its workers)."""
-        pid = await asyncio.to_thread(wait_for, self._manager_pid, 60, "the BrokerManager up")
-        self.dead_managers.add(pid)
-        os.kill(pid, signal.SIGKILL)
+        await self._kill_manager("broker")
+
+    async def market_manager(self) -> None:
+        """The MarketManager the SDK resumes through (`tradefleet up` restarts it at the same
+        URL; it re-adopts the Market workers, and sessions resume through it again)."""
+        await self._kill_manager("market")
 
     async def recovered(self) -> None:
         """A live, reconciled owner, and the algo connected to a live Market."""
@@ -262,7 +274,8 @@ async def test_trading_through_repeated_kill_9s_loses_and_doubles_nothing(
         kills: list[str] = []
         for _ in range(KILLS):
             await asyncio.sleep(rng.uniform(0.1, 1.2))  # trading between kills, not a wait
-            victim = rng.choice(["broker", "broker", "market", "market", "exchange", "manager"])
+            victim = rng.choice(["broker", "broker", "market", "market", "exchange", "manager",
+                                 "market_manager"])
             settle = rng.random() < 0.5  # else the next kill may land mid-recovery
             kills.append(f"{victim} after order {len(algo.handles)}"
                          + ("" if settle else ", no settling"))
@@ -288,9 +301,10 @@ async def test_trading_through_repeated_kill_9s_loses_and_doubles_nothing(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
-    # Nothing but the killed workers died: every manager still answers.
+    # Nothing but what was killed died, and what was killed is back: every manager answers
+    # (one killed last may still be restarting).
     for kind in ("broker", "market", "trader"):
-        assert fleet.manager(kind).get("/health")
+        wait_for(lambda kind=kind: fleet.manager(kind).get("/health"), 30, f"{kind} manager")
 
 
 async def check_orders(handles: list[OrderHandle], venue: Venue, context: str) -> None:
