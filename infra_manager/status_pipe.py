@@ -15,8 +15,8 @@ import aiohttp
 import structlog
 
 from infra_manager.fleet_state import ManagerLink
-from infra_manager.reconnect import ReconnectPolicy
 from infra_manager.tasks import TaskSet
+from tradefleet.client.backoff import ReconnectPolicy
 
 log = structlog.get_logger(__name__)
 

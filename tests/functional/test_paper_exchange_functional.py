@@ -36,6 +36,7 @@ from protocol.orders import (
     OrderPartiallyFilled,
     OrderStatus,
 )
+from workers.broker.adapters.backoff import ReconnectPolicy
 from workers.broker.adapters.base import (
     AdapterEvent,
     ConnectionChanged,
@@ -43,11 +44,7 @@ from workers.broker.adapters.base import (
     OrderRejectedError,
     RetryableAdapterError,
 )
-from workers.broker.adapters.paper.remote import (
-    ReconnectPolicy,
-    RemotePaperAdapter,
-    read_paper_url,
-)
+from workers.broker.adapters.paper.remote import RemotePaperAdapter, read_paper_url
 
 REPO = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -603,8 +600,9 @@ async def test_a_killed_exchange_makes_calls_retryable_and_the_stream_report_it(
 
 
 async def test_an_exchange_restarted_on_another_port_is_found_again(tmp_path: Path) -> None:
-    # `tradefleet up --port-base 0` restarts a dead exchange on an OS-chosen port; the
-    # Broker's adapter must follow the URL it announces, not retry the old one forever.
+    # `tradefleet up` restarts a dead exchange on another port when its own was taken
+    # meanwhile; the Broker's adapter must follow the URL it announces, not retry the old
+    # one forever.
     first = start_exchange(tmp_path / "moving")
     second: Exchange | None = None
     adapter: RemotePaperAdapter | None = None

@@ -3,7 +3,6 @@ stream keys and frames, and what the venue's wire shapes accept."""
 
 from __future__ import annotations
 
-import random
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from workers.broker.adapters.paper.remote import (
     ErrorFrame,
     EventsFrame,
     Hello,
-    ReconnectPolicy,
     RemotePaperAdapter,
     StreamKey,
     StreamProtocolError,
@@ -94,24 +92,6 @@ def test_answers_that_are_not_this_protocol_are_fatal() -> None:
 def test_an_unreadable_retry_after_is_ignored() -> None:
     error = error_for_status(503, b"", what="x", retry_after="soon")
     assert isinstance(error, RetryableAdapterError) and error.retry_after is None
-
-
-# ---------------------------------------------------------------- reconnect
-
-
-def test_reconnect_delays_grow_to_the_cap_with_jitter_below_the_base() -> None:
-    policy = ReconnectPolicy(initial_s=0.1, max_s=2.0, multiplier=2.0, jitter=0.5)
-    rng = random.Random(3)
-    for attempt, base in enumerate([0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]):
-        delays = [policy.delay(attempt, rng) for _ in range(200)]
-        assert all(base * 0.5 <= d <= base for d in delays)
-        assert max(delays) - min(delays) > base * 0.3  # jittered, so clients do not stampede
-    assert policy.delay(10_000, rng) <= 2.0
-
-
-def test_without_jitter_the_delays_are_exact() -> None:
-    policy = ReconnectPolicy(initial_s=0.5, max_s=4.0, jitter=0.0)
-    assert [policy.delay(a, random.Random()) for a in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
 
 
 # ---------------------------------------------------------------- stream keys and frames

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import random
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from workers.broker.adapters.kraken_futures.accounts import cash_from_accounts
 from workers.broker.adapters.kraken_futures.config import REAL_REST_URL, KrakenFuturesConfig
 from workers.broker.adapters.kraken_futures.errors import MalformedMessage
 from workers.broker.adapters.kraken_futures.products import ProductMap
-from workers.broker.adapters.kraken_futures.reconnect import ReconnectPolicy
 from workers.broker.adapters.kraken_futures.schemas import decode
 
 
@@ -90,37 +86,6 @@ def test_cash_adds_up_the_trading_wallets(exchange_data: Path) -> None:
         cash_from_accounts({"result": "success"})
 
 
-@given(
-    attempt=st.integers(min_value=0, max_value=10_000),
-    seed=st.integers(min_value=0, max_value=2**32),
-)
-def test_reconnect_delays_stay_within_bounds(attempt: int, seed: int) -> None:
-    policy = ReconnectPolicy(initial_s=0.25, max_s=30.0, jitter=0.5)
-    delay = policy.delay(attempt, random.Random(seed))
-    base = min(30.0, 0.25 * 2.0**attempt) if attempt < 64 else 30.0
-    assert base * 0.5 <= delay <= base
-
-
-def test_reconnect_backs_off_and_rejects_nonsense() -> None:
-    steady = ReconnectPolicy(initial_s=0.1, max_s=1.0, jitter=0.0)
-    assert [steady.delay(n, random.Random(0)) for n in range(6)] == [
-        0.1,
-        0.2,
-        0.4,
-        0.8,
-        1.0,
-        1.0,
-    ]
-    for bad in (
-        {"initial_s": 0},
-        {"initial_s": 2, "max_s": 1},
-        {"multiplier": 0.5},
-        {"jitter": 1.5},
-    ):
-        with pytest.raises(ValueError):
-            ReconnectPolicy(**bad)
-
-
 def test_config_keeps_secrets_out_of_sight() -> None:
     config = KrakenFuturesConfig(
         account="acct",
@@ -132,6 +97,6 @@ def test_config_keeps_secrets_out_of_sight() -> None:
     assert config.rest_url == REAL_REST_URL and config.ws_url == "ws://127.0.0.1:1/ws/v1"
     assert config.contract_type == "PF"
     with pytest.raises(ValidationError):
-        KrakenFuturesConfig(account="acct", api_key="k", api_secret="s", surprise=1)  # type: ignore[arg-type, call-arg]
+        KrakenFuturesConfig(account="acct", api_key="k", api_secret="s", surprise=1)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
-        KrakenFuturesConfig(account="a b", api_key="k", api_secret="s")  # type: ignore[arg-type]
+        KrakenFuturesConfig(account="a b", api_key="k", api_secret="s")

@@ -31,6 +31,7 @@ import structlog
 from protocol.errors import ErrorCode
 from protocol.market import CandleInterval, Channel, InstrumentSpec
 from protocol.orders import BalancesSnapshot, Fill, NewOrder, OrderEvent, OrderSnapshot
+from workers.broker.adapters.backoff import ReconnectPolicy
 from workers.broker.adapters.base import (
     Adapter,
     AdapterError,
@@ -56,7 +57,6 @@ from workers.broker.adapters.kraken_futures.orders import (
 )
 from workers.broker.adapters.kraken_futures.products import ProductMap, canonical_currency
 from workers.broker.adapters.kraken_futures.ratelimit import DerivativesRateLimiter
-from workers.broker.adapters.kraken_futures.reconnect import ReconnectPolicy
 from workers.broker.adapters.kraken_futures.rejections import rejection_for_status
 from workers.broker.adapters.kraken_futures.requests import (
     RestCall,

@@ -56,6 +56,8 @@ class KrakenFuturesConfig(BaseModel):
     reconnect_max_s: float = Field(
         default=30.0, gt=0, description="Longest delay between attempts to re-open the feed."
     )
+    # Kraken Futures allows 100 concurrent connections and 100 requests per second per IP
+    # (PROTOCOL_NOTES §7): the cap keeps a long outage from turning into a connect storm.
     heartbeat_s: float = Field(
         default=30.0,
         gt=0,

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from workers.broker.adapters.backoff import ReconnectPolicy
 from workers.broker.adapters.base import (
     AdapterEvent,
     ConnectionChanged,
@@ -29,7 +30,6 @@ from workers.broker.adapters.base import (
 from workers.broker.adapters.kraken_futures.errors import MalformedMessage
 from workers.broker.adapters.kraken_futures.feed import FeedCore, FeedOutput, Frame
 from workers.broker.adapters.kraken_futures.marketdata import FeedKey
-from workers.broker.adapters.kraken_futures.reconnect import ReconnectPolicy
 from workers.broker.adapters.kraken_futures.schemas import decode
 
 Deliver = Callable[[list[AdapterEvent]], Awaitable[None]]

@@ -16,8 +16,8 @@ Every aiohttp and HTTP failure is converted at this boundary: transport trouble 
 `RetryableAdapterError`, a refused token or a protocol mismatch is `FatalAdapterError`, and a
 coded refusal of one request is `OrderRejectedError(code)` (`error_for_status` decides).
 
-The pure parts — `ReconnectPolicy`, `error_for_status`, `StreamKey`, `parse_frame` — are
-unit-tested without a socket.
+The pure parts — `error_for_status`, `StreamKey`, `parse_frame` — are unit-tested without a
+socket; the stream is re-opened after the adapters' shared `ReconnectPolicy` (`backoff.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from protocol.codec import CodecError, decode, encode
 from protocol.errors import ErrorBody, ErrorCode
 from protocol.market import CandleInterval, Channel, InstrumentSpec, format_decimal
 from protocol.orders import BalancesSnapshot, Fill, NewOrder, OrderSnapshot, Position
+from workers.broker.adapters.backoff import ReconnectPolicy
 from workers.broker.adapters.base import (
     Adapter,
     AdapterError,
@@ -76,21 +77,6 @@ def read_paper_url(data_dir: Path) -> str | None:
 
 
 # ---------------------------------------------------------------- pure parts
-
-
-@dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """Exponential backoff with jitter between attempts to re-open the stream."""
-
-    initial_s: float = 0.1
-    max_s: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.5  # up to this fraction of each delay is taken off at random
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before attempt number `attempt` (0 for the first)."""
-        base = min(self.max_s, self.initial_s * self.multiplier ** min(attempt, 64))
-        return base * (1.0 - self.jitter * rng.random())
 
 
 _REJECTABLE_STATUSES = frozenset({400, 403, 404, 409, 413, 422})

@@ -1,9 +1,9 @@
-"""When to try re-opening a dropped Kraken Futures feed: exponential backoff with jitter.
+"""How long an adapter waits before re-opening a dropped venue connection (pure).
 
-Pure: the caller passes the attempt number and a random source, and sleeps itself.
-Kraken Futures allows 100 concurrent connections and 100 requests per second per IP
-(PROTOCOL_NOTES §7); the jitter spreads the reconnects of many workers that lost the venue at
-the same moment, and the cap keeps a long outage from turning into a connect storm.
+Exponential backoff with downward jitter: the caller passes the attempt number and a random
+source, and sleeps itself. The jitter spreads the reconnects of many workers that lost the
+venue at the same moment; the cap keeps a long outage from turning into a connect storm. A
+venue with a per-IP attempt budget adds its own rule on top (Kraken: `kraken/reconnect.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ class ReconnectPolicy:
     """Delay before attempt `n` is `min(max_s, initial_s * multiplier**n)`, minus up to
     `jitter` of it at random. Never negative, never above `max_s`."""
 
-    initial_s: float = 0.25
-    max_s: float = 30.0
+    initial_s: float = 0.1
+    max_s: float = 5.0
     multiplier: float = 2.0
     jitter: float = 0.5
 

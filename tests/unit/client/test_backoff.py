@@ -1,10 +1,11 @@
-"""Reconnection backoff: grows, is capped, jittered, never zero, and resets."""
+"""Reconnection backoff of the SDK, the Market's Broker link and the infra manager's status
+pipes: grows, is capped, jittered, never zero, and resets."""
 
 from __future__ import annotations
 
 import random
 
-from infra_manager.reconnect import ReconnectPolicy
+from tradefleet.client.backoff import ReconnectPolicy
 
 
 def test_delays_grow_then_stay_capped() -> None:
@@ -23,7 +24,7 @@ def test_reset_starts_again_from_the_initial_delay() -> None:
     assert policy.next_delay() <= 0.1
 
 
-def test_two_infra_managers_do_not_retry_in_lockstep() -> None:
+def test_two_retriers_do_not_retry_in_lockstep() -> None:
     a = ReconnectPolicy(rng=random.Random(1))
     b = ReconnectPolicy(rng=random.Random(2))
     assert [a.next_delay() for _ in range(5)] != [b.next_delay() for _ in range(5)]
