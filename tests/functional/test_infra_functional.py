@@ -168,7 +168,8 @@ async def test_malformed_checkin_json_gets_400_bad_json(
 
 async def test_service_endpoints(http: aiohttp.ClientSession, infra: InfraProcess) -> None:
     async with http.get(f"{infra.url}/health") as response:
-        assert await response.json() == {"status": "ok", "infra_id": infra.infra_id}
+        assert await response.json() == {"status": "ok", "infra_id": infra.infra_id,
+                                         "pid": infra.proc.pid}
     async with http.get(f"{infra.url}/ready") as response:
         assert response.status == 200
         assert (await response.json())["ready"] is True
@@ -373,6 +374,7 @@ async def test_spawn_without_request_id_gets_one(
                          headers=operator_headers()) as response:
         assert response.status == 200
     (_, _, body, _), = manager.commands
+    assert body is not None
     assert body["count"] == 1 and body["request_id"]
 
 
