@@ -23,8 +23,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
-# Style and types of everything but the tests (strict mypy, pydantic plugin).
-LINTED := protocol workers managers infra_manager tradefleet bench examples
+# Style and types of everything, the tests included (strict mypy, pydantic plugin).
+LINTED := protocol workers managers infra_manager tradefleet bench examples tests
 lint: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lint]'
 	$(VENV)/bin/ruff check $(LINTED)

@@ -74,6 +74,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
         running.stop()
 
 
+def manager_health(fleet: RunningFleet, kind: str) -> dict[str, Any]:
+    return fleet.manager(kind).get("/health")  # type: ignore[no-any-return]
+
+
 def owner_of(fleet: RunningFleet) -> dict[str, Any] | None:
     return fleet.manager("broker").get("/v1/accounts")["accounts"].get(ACCOUNT)  # type: ignore[no-any-return]
 
@@ -304,7 +308,7 @@ async def test_trading_through_repeated_kill_9s_loses_and_doubles_nothing(
     # Nothing but what was killed died, and what was killed is back: every manager answers
     # (one killed last may still be restarting).
     for kind in ("broker", "market", "trader"):
-        wait_for(lambda kind=kind: fleet.manager(kind).get("/health"), 30, f"{kind} manager")
+        wait_for(partial(manager_health, fleet, kind), 30, f"{kind} manager")
 
 
 async def check_orders(handles: list[OrderHandle], venue: Venue, context: str) -> None:

@@ -169,10 +169,10 @@ async def steer(fleet: RunningFleet, price: Decimal, ticks_per_step: int = STEER
     url = (fleet.data_dir / "run" / "paper.url").read_text().strip()
     headers = {"Authorization": f"Bearer {fleet.secrets()['join_token']}"}
     body = {"instrument": STILL, "price": str(price), "ticks_per_step": ticks_per_step}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/v1/admin/steer", json=body, headers=headers) as resp:
-            answer = await resp.json()
-            assert resp.status == 200, answer
+    async with (aiohttp.ClientSession() as http,
+                http.post(f"{url}/v1/admin/steer", json=body, headers=headers) as resp):
+        answer = await resp.json()
+        assert resp.status == 200, answer
     assert Decimal(answer["target"]) == price
     return Decimal(answer["mid"])
 
@@ -249,7 +249,8 @@ async def test_a_signal_s_stop_fires_while_the_algo_is_away_and_the_journal_tell
         assert seqs == list(range(last_seq + 1, last_seq + 1 + len(seqs))), missed
         [fired] = [e for e in missed if isinstance(e, ExitFired)]
         assert fired.kind == "stop_loss" and fired.seq == last_seq + 1
-        assert fired.signal_id == entry.signal_id and fired.trigger_price <= STOP
+        assert fired.signal_id == entry.signal_id
+        assert fired.trigger_price is not None and fired.trigger_price <= STOP
         assert missed[-1].client_order_id == fired.client_order_id
         # The SDK's positions: flat, with the loss the stop took and the fees, in decimals.
         [still] = [p for p in (await client.positions()).positions if p.instrument == STILL]

@@ -72,10 +72,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 async def ledger(fleet: RunningFleet, account: str) -> dict[str, Any]:
     url = (fleet.data_dir / "run" / "paper.url").read_text().strip()
     headers = {"Authorization": f"Bearer {fleet.secrets()['join_token']}"}
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}/v1/accounts/{account}/ledger", headers=headers) as resp:
-            assert resp.status == 200
-            return await resp.json()  # type: ignore[no-any-return]
+    async with (aiohttp.ClientSession() as http,
+                http.get(f"{url}/v1/accounts/{account}/ledger", headers=headers) as resp):
+        assert resp.status == 200
+        return await resp.json()  # type: ignore[no-any-return]
 
 
 async def connect(fleet: RunningFleet, account: str = "algo-1",
@@ -115,7 +115,7 @@ async def test_algo_trades_limit_and_market_and_matches_the_exchange_ledger(
     client = await connect(fleet)
     try:
         await client.subscribe(INSTRUMENT, "book", depth=10)
-        bid, ask = await best_prices(client)
+        bid, _ask = await best_prices(client)
 
         resting = await client.place_order(INSTRUMENT, "buy", "0.01", bid - 500)
         await resting.accepted(timeout=20)

@@ -130,7 +130,7 @@ async def next_frame(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str
         while True:
             msg = await ws.receive()
             assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
-            frame = orjson.loads(msg.data)
+            frame: dict[str, Any] = orjson.loads(msg.data)
             if frame["type"] == kind and (kind != "session_event" or "seq" in frame["event"]):
                 return frame
 

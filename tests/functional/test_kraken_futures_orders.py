@@ -226,7 +226,8 @@ async def test_reconciliation_reads_open_orders_fills_and_balances(
 
     (snapshot,) = await adapter.open_orders()
     assert (snapshot.client_order_id, snapshot.instrument) == ("rest-3", ETH)
-    assert (snapshot.filled_qty, snapshot.remaining_qty, snapshot.qty) == (2, 5, 7)
+    assert (snapshot.filled_qty, snapshot.remaining_qty, snapshot.qty) == (
+        Decimal(2), Decimal(5), Decimal(7))
     assert snapshot.status is OrderStatus.PARTIALLY_FILLED
 
     fills = await adapter.fills_since(0)

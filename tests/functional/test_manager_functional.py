@@ -20,10 +20,10 @@ pytestmark = pytest.mark.timeout(90)
 def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
     cfg = tmp_path / "fleet.toml"
     cfg.write_text(FAST_CONFIG + "\n[managers.broker]\ndesired = 0\n")
-    log = open(tmp_path / "manager.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "managers", "--kind", "broker", "--port", "0",
-                             "--data-dir", str(tmp_path), "--config", str(cfg)],
-                            stdout=log, stderr=log, cwd=REPO)
+    with open(tmp_path / "manager.log", "wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "managers", "--kind", "broker",
+                                 "--port", "0", "--data-dir", str(tmp_path), "--config", str(cfg)],
+                                stdout=log, stderr=log, cwd=REPO)
     url_file = tmp_path / "run" / "broker-manager.url"
     wait_for(lambda: url_file.exists(), 30, "manager to listen")
     token = json.loads((tmp_path / "secrets.json").read_text())["operator_token"]

@@ -186,8 +186,9 @@ async def test_market_death_resumes_elsewhere_without_loss_or_duplication(
         seqs: list[int] = []
         async with asyncio.timeout(5):
             async for event in client.events():
-                if getattr(event, "seq", None) is not None:
-                    seqs.append(event.seq)
+                seq = getattr(event, "seq", None)
+                if seq is not None:
+                    seqs.append(seq)
                 if seqs and seqs[-1] == 9:
                     break
         assert seqs == list(range(1, 10))
@@ -245,8 +246,9 @@ async def test_every_order_event_reaches_the_algo_once_across_a_resume(
 
         async def consume() -> None:
             async for event in client.events():
-                if getattr(event, "seq", None) is not None:
-                    seen.append(event.seq)
+                seq = getattr(event, "seq", None)
+                if seq is not None:
+                    seen.append(seq)
 
         consumer = asyncio.create_task(consume())
         await (await client.place_order("BTC/USD", "buy", "0.1", price="100")).filled(timeout=5)

@@ -22,10 +22,11 @@ ORPHAN_CONFIG = FAST_CONFIG.replace("orphan_pause_s = 5", "orphan_pause_s = 1").
 def start_manager(tmp: Path) -> tuple[subprocess.Popen[bytes], Http]:
     url_file = tmp / "run" / "trader-manager.url"
     url_file.unlink(missing_ok=True)
-    log = open(tmp / "manager.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "managers", "--kind", "trader", "--port", "0",
-                             "--data-dir", str(tmp), "--config", str(tmp / "fleet.toml")],
-                            stdout=log, stderr=log, cwd=REPO)
+    with open(tmp / "manager.log", "ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "managers", "--kind", "trader",
+                                 "--port", "0", "--data-dir", str(tmp),
+                                 "--config", str(tmp / "fleet.toml")],
+                                stdout=log, stderr=log, cwd=REPO)
     wait_for(lambda: url_file.exists(), 30, "manager to listen")
     token = json.loads((tmp / "secrets.json").read_text())["operator_token"]
     return proc, Http(url_file.read_text().strip(), token)

@@ -44,15 +44,16 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str,
              interval: float = 0.05) -> T:
     """Call `probe` until it returns something truthy; fail naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: object = None
     while time.monotonic() < deadline:
         try:
-            last = probe()
+            value = probe()
         except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
             last = exc
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
@@ -143,13 +144,13 @@ class RunningFleet:
 
     def _pid_from_ps(self, kind: str) -> int:
         out = subprocess.run(["pgrep", "-f", f"-m managers --kind {kind}.*{self.data_dir}"],
-                             capture_output=True, text=True).stdout.split()
+                             capture_output=True, text=True, check=False).stdout.split()
         return int(out[0])
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "tradefleet.cli", *args, "--data-dir",
                                str(self.data_dir)], capture_output=True, text=True, timeout=30,
-                              cwd=REPO)
+                              cwd=REPO, check=False)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -167,15 +168,16 @@ def start_fleet(tmp: Path, config: str = FAST_CONFIG) -> RunningFleet:
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "fleet.toml"
     cfg.write_text(config)
-    out = open(tmp / "up.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tradefleet.cli", "up", "--port-base", "0",
-                             "--data-dir", str(tmp), "--config", str(cfg)],
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=REPO, start_new_session=True)
+    with open(tmp / "up.out", "wb") as out:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "tradefleet.cli", "up", "--port-base", "0",
+                                 "--data-dir", str(tmp), "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=REPO, start_new_session=True)
     return RunningFleet(tmp, proc)
 
 
 def processes_under(data_dir: Path) -> list[str]:
     """Command lines of tradefleet processes that mention `data_dir` (what would be leaked)."""
-    out = subprocess.run(["pgrep", "-af", str(data_dir)], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-af", str(data_dir)], capture_output=True, text=True,
+                         check=False).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]

@@ -66,10 +66,14 @@ async def test_the_reader_waits_for_room_when_too_much_is_queued() -> None:
     await asyncio.wait_for(room, 2)
 
 
+async def never_finishes() -> None:
+    await asyncio.Event().wait()
+
+
 async def test_close_cancels_what_does_not_finish() -> None:
     lanes = SessionLanes()
-    lanes.submit("s", lambda: asyncio.Event().wait())
-    lanes.submit("s", lambda: asyncio.Event().wait())
+    lanes.submit("s", never_finishes)
+    lanes.submit("s", never_finishes)
     await asyncio.sleep(0)
     await lanes.close(timeout=0.05)
     assert lanes.active == 0 and lanes.pending == 0

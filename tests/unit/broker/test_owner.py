@@ -34,7 +34,7 @@ from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
 from workers.broker.owner import AccountOwner, OwnerError, OwnerState
 from workers.broker.risk import manager as risk
 from workers.broker.risk.records import KillScope
-from workers.broker.snapshots import read_snapshot, snapshot_path, write_snapshot
+from workers.broker.snapshots import read_snapshot, snapshot_path, state_of, write_snapshot
 from workers.broker.streams import StreamKey
 
 D = Decimal
@@ -205,6 +205,11 @@ def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
 
 
+def state_now(owner: AccountOwner) -> OwnerState:
+    """The owner's state, read afresh (mypy would keep an earlier assert's narrowing)."""
+    return owner.state
+
+
 # ---------------------------------------------------------------- orders
 
 
@@ -257,7 +262,7 @@ async def test_a_repeated_client_order_id_creates_one_order(owners: Owners,
     ("msg", "code", "field"),
     [
         (new_order("c1", qty="-1"), "invalid_field", "qty"),
-        (new_order("c1", qty=0.5), "invalid_field", "qty"),
+        (new_order("c1", qty=0.5), "invalid_field", "qty"),  # type: ignore[arg-type]
         ({k: v for k, v in new_order("c1").items() if k != "side"}, "missing_field", "side"),
         (new_order("c1", colour="red"), "unknown_field", "colour"),
         (new_order("c1", price="30000.25"), "price_off_tick", "price"),
@@ -452,8 +457,10 @@ async def test_a_long_forgotten_order_is_answered_to_its_customer_however_many_s
         await first.route(session, customer, new_order(f"c{n}", price="31000"))
         await first.route(session, customer, {"type": "cancel_order", "client_order_id":
                                               f"c{n}", "account": "acct"})
-        await first_out.wait_for(lambda s=session: "order_cancelled" in types(
-            first_out.order_events(s)))
+        def cancelled(s: str = session) -> bool:
+            return "order_cancelled" in types(first_out.order_events(s))
+
+        await first_out.wait_for(cancelled)
 
     async def check(owner: AccountOwner, outbox: Outbox) -> None:
         assert owner._journal is not None and "s1" not in owner._journal._customers
@@ -484,7 +491,7 @@ async def test_a_snapshot_from_before_the_journal_kept_sessions_hands_them_on(
     await out.wait_for(lambda: types(out.order_events()).count("order_cancelled") == 2)
     assert first.risk is not None
     last = max(seq for _, _, seq, _ in owners.rows())
-    state = owner_module.state_of(first._snapshot_config(), first.book, first.risk)
+    state = state_of(first._snapshot_config(), first.book, first.risk)
     await first.close()
     with sqlite3.connect(owners.path) as db:
         db.execute("DROP TABLE sessions")
@@ -710,7 +717,7 @@ async def test_a_lost_venue_connection_is_reconciled_when_it_comes_back(
     await counterparty.place_order(cross("x1", qty="0.25"))  # missed by the owner
     adapter.restore()
     await outbox.wait_for(lambda: len(outbox.resyncs) == 2)
-    assert owner.state is OwnerState.READY
+    assert state_now(owner) is OwnerState.READY
     events = outbox.order_events()
     assert [(e["type"], e["seq"]) for e in events] == [("order_accepted", 1),
                                                       ("order_partially_filled", 2)]

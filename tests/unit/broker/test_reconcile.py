@@ -147,7 +147,7 @@ def test_a_modification_made_while_away_is_applied_before_the_fills() -> None:
     plan = reconcile([ours], [venue], [fill("F1", "2.5")], now=NOW)
     assert kinds(plan.events) == ["order_modified", "order_partially_filled"]
     modified = plan.events[0]
-    assert isinstance(modified, OrderModified) and (modified.qty, modified.price) == (3, 99)
+    assert isinstance(modified, OrderModified) and (modified.qty, modified.price) == (D(3), D(99))
 
 
 def test_a_qty_increase_then_complete_fill_while_away() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from managers.supervision import (
+    Action,
     Assign,
     ClosePipe,
     Kill,
@@ -22,6 +25,11 @@ T = Timeouts(spawn_ready_timeout_s=10, pipe_grace_s=5, restart_backoff_initial_s
              restart_backoff_max_s=8, drain_timeout_s=10, stop_grace_s=1)
 
 
+def state_now(rec: WorkerRecord) -> WorkerState:
+    """The record's state, read afresh (mypy would keep an earlier assert's narrowing)."""
+    return rec.state
+
+
 class Fleet:
     """Drives a Supervisor the way the shell does, with a fake clock and instant spawns."""
 
@@ -31,7 +39,7 @@ class Fleet:
         self.epoch = 0
         self.killed: list[str] = []
 
-    def step(self, dt: float = 0.1) -> list[object]:
+    def step(self, dt: float = 0.1) -> list[Action]:
         self.now += dt
         actions = self.sup.plan(self.now)
         for action in actions:
@@ -124,7 +132,7 @@ def test_losing_every_pipe_at_once_holds_instead_of_mass_replacing() -> None:
     assert set(f.states().values()) == {WorkerState.SUSPECT}
     assert any(e["event"] == "partition_suspected" for e in f.sup.events)
     f.step(3 * T.pipe_grace_s)  # the hold is bounded: a long silence is a real failure
-    assert set(f.states()[w] for w in ("w1", "w2", "w3")) == {WorkerState.FAILED}
+    assert {f.states()[w] for w in ("w1", "w2", "w3")} == {WorkerState.FAILED}
 
 
 def test_crash_loop_backs_off_exponentially_and_never_spins() -> None:
@@ -135,7 +143,7 @@ def test_crash_loop_backs_off_exponentially_and_never_spins() -> None:
         if any(isinstance(a, Spawn) for a in actions):
             spawn_times.append(f.now)
             f.sup.process_exited(f"w{f.epoch}", 1, f.now)
-    gaps = [b - a for a, b in zip(spawn_times, spawn_times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(spawn_times)]
     assert len(spawn_times) < 15
     assert gaps[:4] == sorted(gaps[:4])
     assert max(gaps) <= T.restart_backoff_max_s + 0.2
@@ -205,7 +213,7 @@ def test_readopted_worker_is_suspect_until_its_pipe_returns() -> None:
     assert rec.state is WorkerState.SUSPECT
     assert sup.plan(10.1) == []  # still one live worker: nothing spawned twice
     sup.pipe_up("b1", 10.2)
-    assert rec.state is WorkerState.UP
+    assert state_now(rec) is WorkerState.UP
     assert [e["event"] for e in sup.events] == ["readopted"]
 
 

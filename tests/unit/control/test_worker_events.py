@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
 from managers.manager import worker_event_record
 from managers.supervision import WorkerRecord
@@ -109,5 +110,5 @@ def test_the_manager_log_line_names_the_worker_and_keeps_its_keys() -> None:
 
 
 def test_an_unknown_frame_still_fails_validation() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         PIPE_MESSAGE.validate_python({"type": "event", "event": "", "ts": 1, "n": 1})

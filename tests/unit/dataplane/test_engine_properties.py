@@ -21,7 +21,7 @@ from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine, Or
 from .conftest import SPEC, make_engine, order
 
 ACCOUNTS = ("a", "b", "c")
-ORDER_EVENT_TYPES = OrderEvent.__args__  # type: ignore[attr-defined]
+ORDER_EVENT_TYPES = OrderEvent.__args__
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from workers.broker.adapters.base import ConnectionChanged
+from workers.broker.adapters.base import AdapterEvent, ConnectionChanged
 from workers.broker.adapters.queue import EventQueue
 
 
@@ -14,12 +14,18 @@ def change(n: int) -> ConnectionChanged:
     return ConnectionChanged(True, f"e{n}", n)
 
 
+def ts(event: AdapterEvent) -> int:
+    """The `ts` of one of the `change` events the tests push."""
+    assert isinstance(event, ConnectionChanged)
+    return event.ts
+
+
 async def test_events_come_out_in_order_and_drain_ends_after_close() -> None:
     queue = EventQueue(10)
     queue.push(change(1), change(2))
     queue.push_all([change(3)])
     queue.close()
-    got = [e.ts async for e in queue.drain()]
+    got = [ts(e) async for e in queue.drain()]
     assert got == [1, 2, 3]
 
 
@@ -30,10 +36,10 @@ async def test_a_full_queue_holds_the_reader_until_the_consumer_takes_half() -> 
     assert not reader.done() and not queue.flowing
     queue.push(change(99))  # a request path never waits, even now
     drained = queue.drain()
-    assert (await anext(drained)).ts == 0  # 4 left: still above half
+    assert ts(await anext(drained)) == 0  # 4 left: still above half
     assert not queue.flowing
-    assert (await anext(drained)).ts == 1
-    assert (await anext(drained)).ts == 2  # 2 left = half: readers may go on
+    assert ts(await anext(drained)) == 1
+    assert ts(await anext(drained)) == 2  # 2 left = half: readers may go on
     assert queue.flowing
     await asyncio.wait_for(reader, 1)
     await drained.aclose()
@@ -45,7 +51,7 @@ async def test_close_releases_a_waiting_reader_and_a_waiting_consumer() -> None:
     consumer_done = asyncio.Event()
 
     async def consume() -> list[int]:
-        out = [e.ts async for e in queue.drain()]
+        out = [ts(e) async for e in queue.drain()]
         consumer_done.set()
         return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +24,7 @@ from workers.broker.adapters.paper.engine import EngineEvent, MatchingEngine, Or
 from .conftest import make_engine, order
 
 D = Decimal
+E = TypeVar("E")
 
 
 def fills(events: list[EngineEvent]) -> list[tuple[str, str, Decimal, Decimal, Liquidity]]:
@@ -34,7 +36,7 @@ def fills(events: list[EngineEvent]) -> list[tuple[str, str, Decimal, Decimal, L
     ]
 
 
-def of_type(events: list[EngineEvent], kind: type) -> list:
+def of_type(events: list[EngineEvent], kind: type[E]) -> list[E]:
     return [e for e in events if isinstance(e, kind)]
 
 

@@ -16,6 +16,7 @@ from protocol.orders import (
     CancelOrder,
     CancelReason,
     Fill,
+    ModifyOrder,
     NewOrder,
     OrderAccepted,
     OrderCancelled,
@@ -48,11 +49,12 @@ ACCOUNT = "acct"
 
 
 def state(cid: str, request: NewOrder, **changes: Any) -> dict[str, Any]:
-    out: dict[str, Any] = dict(
-        account=ACCOUNT, client_order_id=cid, order_id=f"V-{cid}", instrument="BTC/USD",
-        side=request.side, order_type="limit", qty=request.qty, price=request.price,
-        time_in_force="GTC", status=OrderStatus.ACCEPTED, filled_qty=D(0),
-        remaining_qty=request.qty, ts=10)
+    out: dict[str, Any] = {
+        "account": ACCOUNT, "client_order_id": cid, "order_id": f"V-{cid}",
+        "instrument": "BTC/USD", "side": request.side, "order_type": "limit",
+        "qty": request.qty, "price": request.price, "time_in_force": "GTC",
+        "status": OrderStatus.ACCEPTED, "filled_qty": D(0), "remaining_qty": request.qty,
+        "ts": 10}
     out.update(changes)
     return out
 
@@ -153,7 +155,7 @@ def journal(retain: int) -> tuple[AccountBook, list[Entry]]:
             if not isinstance(effect, Journal):
                 continue
             journaled = effect.entry
-            if isinstance(journaled, NewOrder | CancelOrder):
+            if isinstance(journaled, NewOrder | CancelOrder | ModifyOrder):
                 entry = Entry(1.0, REQUEST, None, None, request_payload(journaled, "s1", "alice"))
             else:
                 seq += 1

@@ -37,6 +37,7 @@ from workers.broker.orders import (
     OrderTracker,
     PlaceAtVenue,
     Refuse,
+    TrackerInput,
     VenueRefused,
 )
 
@@ -51,21 +52,21 @@ def tracker() -> OrderTracker:
 
 
 def venue_state(**changes: Any) -> dict[str, Any]:
-    state: dict[str, Any] = dict(
-        account="acct",
-        client_order_id="c1",
-        order_id="V1",
-        instrument="BTC/USD",
-        side="buy",
-        order_type="limit",
-        qty=D(2),
-        price=D(100),
-        time_in_force="GTC",
-        status=OrderStatus.ACCEPTED,
-        filled_qty=D(0),
-        remaining_qty=D(2),
-        ts=10,
-    )
+    state: dict[str, Any] = {
+        "account": "acct",
+        "client_order_id": "c1",
+        "order_id": "V1",
+        "instrument": "BTC/USD",
+        "side": "buy",
+        "order_type": "limit",
+        "qty": D(2),
+        "price": D(100),
+        "time_in_force": "GTC",
+        "status": OrderStatus.ACCEPTED,
+        "filled_qty": D(0),
+        "remaining_qty": D(2),
+        "ts": 10,
+    }
     state.update(changes)
     return state
 
@@ -155,7 +156,8 @@ def test_lifecycle_to_filled_with_average_price() -> None:
         D("1.5"),
     )
     effects = t.receive(filled("f2", "1.5"))
-    assert isinstance(effects[0], Journal) and effects[0].entry == effects[1].event
+    assert isinstance(effects[0], Journal) and isinstance(effects[1], Emit)
+    assert effects[0].entry == effects[1].event
     (done,) = emitted(effects)
     assert isinstance(done, OrderFilled)
     assert (done.status, done.filled_qty, done.remaining_qty, done.avg_price) == (
@@ -339,20 +341,21 @@ def test_modify_flow_updates_qty_and_price() -> None:
 def test_replaying_the_journal_rebuilds_the_same_state() -> None:
     t = tracker()
     journal: list[Any] = []
-    for message in [
+    messages: list[TrackerInput] = [
         REQUEST,
         accepted(),
         partial("f1", "0.5", "0.5"),
         CancelOrder(client_order_id="c1", account="acct"),
         cancelled(),
-    ]:
+    ]
+    for message in messages:
         journal += [e.entry for e in t.receive(message) if isinstance(e, Journal)]
     rebuilt = tracker()
     for entry in journal:
         rebuilt.receive(entry)
-    assert rebuilt.get("c1").model_copy(update={"ts": 0}) == t.get("c1").model_copy(
-        update={"ts": 0}
-    )
+    again, live = rebuilt.get("c1"), t.get("c1")
+    assert again is not None and live is not None
+    assert again.model_copy(update={"ts": 0}) == live.model_copy(update={"ts": 0})
 
 
 def test_expiry_ends_the_order() -> None:
@@ -410,7 +413,9 @@ def test_any_input_sequence_only_makes_legal_transitions(inputs: list[Any]) -> N
         except OrderStateError:
             after = t.get("c1")
             assert (before is None and after is None) or (
-                before.model_copy(update={"ts": 0}) == after.model_copy(update={"ts": 0})
+                before is not None
+                and after is not None
+                and before.model_copy(update={"ts": 0}) == after.model_copy(update={"ts": 0})
             )
             continue
         after = t.get("c1")

@@ -7,16 +7,24 @@ market step in these tests is an explicit `venue.step()` and nothing depends on 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from protocol.errors import ErrorCode
 from protocol.market import BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Ticker, Trade
-from protocol.orders import OrderAccepted, OrderCancelled, OrderFilled, OrderModified
+from protocol.orders import (
+    OrderAccepted,
+    OrderCancelled,
+    OrderEvent,
+    OrderFilled,
+    OrderModified,
+)
 from workers.broker.adapters.base import (
     Adapter,
+    AdapterEvent,
     FatalAdapterError,
     OrderRejectedError,
     RetryableAdapterError,
@@ -24,6 +32,7 @@ from workers.broker.adapters.base import (
 )
 from workers.broker.adapters.paper.adapter import PaperAdapter, PaperVenue
 from workers.broker.adapters.paper.config import PaperConfig, PaperInstrument
+from workers.broker.adapters.paper.engine import EngineEvent
 
 from .conftest import FakeClock, order
 
@@ -53,10 +62,11 @@ async def adapter() -> AsyncIterator[PaperAdapter]:
     await paper.close()
 
 
-async def drain(paper: PaperAdapter) -> list:
+async def drain(paper: PaperAdapter) -> list[AdapterEvent]:
     """Everything queued so far, without waiting for more."""
     stream = paper.events()
-    out = []
+    assert isinstance(stream, AsyncGenerator)  # an async generator: it can be closed
+    out: list[AdapterEvent] = []
     while paper.backlog:
         out.append(await anext(stream))
     await stream.aclose()
@@ -135,7 +145,8 @@ async def test_orders_fill_and_the_account_state_matches_the_engine(
     events = await drain(adapter)
     assert isinstance(events[0], OrderAccepted)
     assert isinstance(events[-1], OrderFilled) and events[-1].filled_qty == D("0.5")
-    assert all(e.account == "algo" for e in events)  # the house's side is not ours to see
+    # The house's side is not ours to see.
+    assert all(isinstance(e, OrderEvent) and e.account == "algo" for e in events)
 
     fills = await adapter.fills_since(0)
     cost = sum((f.price * f.qty + f.fee for f in fills), D(0))
@@ -175,7 +186,7 @@ async def test_events_iterator_wakes_on_delivery_and_ends_on_close() -> None:
     paper = PaperAdapter(CONFIG, "algo", clock=FakeClock())
     await paper.connect()
     await paper.subscribe("BTC/USD", Channel.TRADES)
-    received: list = []
+    received: list[AdapterEvent] = []
 
     async def consume() -> None:
         async for event in paper.events():
@@ -231,7 +242,7 @@ class ManualClock:
         return self.now
 
 
-async def test_replay_file_drives_the_venue_in_recorded_time(tmp_path) -> None:
+async def test_replay_file_drives_the_venue_in_recorded_time(tmp_path: Path) -> None:
     recorded_start = 1_600_000_000_000_000_000
     lines = [
         BookSnapshot(
@@ -268,6 +279,7 @@ async def test_replay_file_drives_the_venue_in_recorded_time(tmp_path) -> None:
     wall.now += 500_000_000
     venue.step()
     (trade,) = await drain(paper)
+    assert isinstance(trade, Trade)
     assert trade.trade_id == "r1" and trade.ts == recorded_start + 2_000_000_000
     # Orders placed now carry recorded time too.
     ack = await paper.place_order(order("t", "algo", "buy", "0.1"))
@@ -275,14 +287,14 @@ async def test_replay_file_drives_the_venue_in_recorded_time(tmp_path) -> None:
     await paper.close()
 
 
-async def test_unreadable_replay_file_is_fatal(tmp_path) -> None:
+async def test_unreadable_replay_file_is_fatal(tmp_path: Path) -> None:
     config = CONFIG.model_copy(update={"replay_file": tmp_path / "missing.jsonl"})
     paper = PaperAdapter(config, "algo")
     with pytest.raises(FatalAdapterError, match=r"missing\.jsonl"):
         await paper.connect()
 
 
-async def test_malformed_replay_file_is_fatal_and_names_the_line(tmp_path) -> None:
+async def test_malformed_replay_file_is_fatal_and_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("# header\n{oops\n", encoding="utf-8")
     paper = PaperAdapter(CONFIG.model_copy(update={"replay_file": path}), "algo")
@@ -291,7 +303,7 @@ async def test_malformed_replay_file_is_fatal_and_names_the_line(tmp_path) -> No
 
 
 async def test_the_market_steps_one_instrument_at_a_time_with_the_loop_free_between(
-        monkeypatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A step of the whole market held the event loop for all of it (~1.6 ms for two
     instruments): an order arriving meanwhile waited. The venue now lets the loop run between
     instruments; a callback scheduled during the first instrument's step has run by the
@@ -302,12 +314,13 @@ async def test_the_market_steps_one_instrument_at_a_time_with_the_loop_free_betw
             update={"instrument": "ETH/USD", "initial_price": D("2000")})]})
     paper = PaperAdapter(two, "algo")
     walk = paper.paper_venue._walk
+    assert walk is not None
     real = walk.step_instrument
     seen: list[tuple[int, bool]] = []
     ran: list[bool] = []
     both = asyncio.get_running_loop().create_future()
 
-    def step_instrument(index: int) -> list:
+    def step_instrument(index: int) -> list[EngineEvent]:
         if index == 0:
             ran.clear()
             asyncio.get_running_loop().call_soon(ran.append, True)
@@ -326,12 +339,13 @@ async def test_the_market_steps_one_instrument_at_a_time_with_the_loop_free_betw
     assert walk.steps >= 2  # a step counts once both instruments moved
 
 
-async def test_a_failing_market_step_is_reported_as_a_lost_connection(monkeypatch) -> None:
+async def test_a_failing_market_step_is_reported_as_a_lost_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.broker.adapters.base import ConnectionChanged
 
     paper = PaperAdapter(CONFIG.model_copy(update={"step_interval_s": 0.001}), "algo")
 
-    def broken_step(index: int) -> list:
+    def broken_step(index: int) -> list[EngineEvent]:
         raise RuntimeError("walk exploded")
 
     monkeypatch.setattr(paper.paper_venue._walk, "step_instrument", broken_step)

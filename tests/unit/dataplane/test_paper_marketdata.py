@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,7 @@ def walk(config: PaperConfig = CONFIG) -> tuple[MatchingEngine, RandomWalkMarket
     return engine, RandomWalkMarket(engine, config.instruments, seed=config.seed)
 
 
-def run(market: RandomWalkMarket, steps: int) -> list[dict]:
+def run(market: RandomWalkMarket, steps: int) -> list[dict[str, Any]]:
     return [e.model_dump(mode="json") for _ in range(steps) for e in market.step()]
 
 
@@ -202,13 +203,17 @@ def test_recording_round_trips_through_jsonl() -> None:
     [
         ("{not json", "line 1"),
         (
-            '{"type":"candle","instrument":"BTC/USD","interval":"1m","start":0,"open":"1",'
-            '"high":"1","low":"1","close":"1","volume":"1"}',
+            (
+                '{"type":"candle","instrument":"BTC/USD","interval":"1m","start":0,"open":"1",'
+                '"high":"1","low":"1","close":"1","volume":"1"}'
+            ),
             "cannot be replayed",
         ),
         (
-            '{"type":"trade","instrument":"BTC/USD","trade_id":"t","price":1.5,"qty":"1",'
-            '"taker_side":"buy","ts":1}',
+            (
+                '{"type":"trade","instrument":"BTC/USD","trade_id":"t","price":1.5,"qty":"1",'
+                '"taker_side":"buy","ts":1}'
+            ),
             "line 1",
         ),
     ],
@@ -256,7 +261,7 @@ def test_replayed_liquidity_fills_algo_orders_both_ways() -> None:
 
 def test_replay_skips_what_the_venue_cannot_list() -> None:
     engine = replay_engine()
-    odd = [
+    odd: list[BookSnapshot | Trade] = [
         BookSnapshot(instrument="BTC/USD", bids=[(D("100.25"), D(1))], asks=[], update_id=1, ts=1),
         Trade(instrument="XRP/USD", trade_id="t", price=D(1), qty=D(1), taker_side="buy", ts=2),
     ]

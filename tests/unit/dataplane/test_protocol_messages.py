@@ -240,23 +240,23 @@ def filled_event(**changes: Any) -> OrderFilled:
         liquidity="maker",
         ts=5,
     )
-    fields: dict[str, Any] = dict(
-        account="a",
-        client_order_id="c1",
-        order_id="P1",
-        instrument="BTC/USD",
-        side="buy",
-        order_type="limit",
-        qty=Decimal("0.5"),
-        price=Decimal("100.5"),
-        time_in_force="GTC",
-        status=OrderStatus.FILLED,
-        filled_qty=Decimal("0.5"),
-        remaining_qty=Decimal(0),
-        avg_price=Decimal("100.5"),
-        ts=5,
-        fill=fill,
-    )
+    fields: dict[str, Any] = {
+        "account": "a",
+        "client_order_id": "c1",
+        "order_id": "P1",
+        "instrument": "BTC/USD",
+        "side": "buy",
+        "order_type": "limit",
+        "qty": Decimal("0.5"),
+        "price": Decimal("100.5"),
+        "time_in_force": "GTC",
+        "status": OrderStatus.FILLED,
+        "filled_qty": Decimal("0.5"),
+        "remaining_qty": Decimal(0),
+        "avg_price": Decimal("100.5"),
+        "ts": 5,
+        "fill": fill,
+    }
     fields.update(changes)
     return OrderFilled(**fields)
 

@@ -332,18 +332,18 @@ def test_location_state_and_counts_follow_the_managers(managers: list[tuple[str,
         heard_at[c.manager_id] = clock.monotonic()
     clock.advance(max(0.0, 3 * SILENCE - (clock.monotonic() - 1000.0)))
     fleet.tick()
-    for loc in fleet.view().locations:
+    for view in fleet.view().locations:
         silent = [now_silent for now_silent in
-                  (clock.monotonic() - heard_at[m.id] >= SILENCE for m in loc.managers)]
-        assert [m.state is ManagerState.SILENT for m in loc.managers] == silent
+                  (clock.monotonic() - heard_at[m.id] >= SILENCE for m in view.managers)]
+        assert [m.state is ManagerState.SILENT for m in view.managers] == silent
         if all(silent):
-            assert loc.state is LocationState.UNREACHABLE
+            assert view.state is LocationState.UNREACHABLE
         elif any(silent):
-            assert loc.state is LocationState.DEGRADED
+            assert view.state is LocationState.DEGRADED
         else:
-            assert loc.state is LocationState.OK
-        assert sum(loc.counts.values()) == len(loc.managers) * len(worker_states)
-        for m in loc.managers:
+            assert view.state is LocationState.OK
+        assert sum(view.counts.values()) == len(view.managers) * len(worker_states)
+        for m in view.managers:
             for w in m.workers:
                 if m.state is ManagerState.SILENT:
                     assert w.state not in (WorkerState.UP, WorkerState.STARTING,

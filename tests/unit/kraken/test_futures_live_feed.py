@@ -137,7 +137,11 @@ def test_trades_and_tickers_of_watched_products(exchange_data: Path) -> None:
         tickers += [e for e in events if isinstance(e, Ticker)]
     (trade,) = trades  # trade_snapshot history is not replayed as live trades
     assert trade.trade_id == "e2429e31-8b9d-4195-900e-fd42be2dec89"
-    assert (trade.instrument, trade.price, trade.qty) == ("LTC/USD", Decimal("119.44"), 320)
+    assert (trade.instrument, trade.price, trade.qty) == (
+        "LTC/USD",
+        Decimal("119.44"),
+        Decimal(320),
+    )
     assert tickers and all(t.instrument == "LTC/USD" and t.ts == 42 for t in tickers)
     assert all(t.bid is not None and t.ask is not None and t.bid < t.ask for t in tickers)
 

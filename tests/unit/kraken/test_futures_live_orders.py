@@ -144,7 +144,8 @@ def test_acceptance_comes_first_even_when_the_feed_is_faster() -> None:
     events = t.accepted("c1", "o1", NOW)
     assert kinds(events) == ["OrderAccepted", "OrderPartiallyFilled"]
     part = events[1]
-    assert (part.filled_qty, part.remaining_qty, part.order_id) == (4, 6, "o1")
+    assert isinstance(part, OrderPartiallyFilled)
+    assert (part.filled_qty, part.remaining_qty, part.order_id) == (Decimal(4), Decimal(6), "o1")
     assert part.fill.liquidity is Liquidity.MAKER and part.fill.fee_currency == "BTC"
     (done,) = t.on_fills(fill("f2", "6", "0", price="101"), NOW)
     assert isinstance(done, OrderFilled) and done.avg_price == Decimal("100.6")
@@ -202,7 +203,9 @@ def test_an_ioc_rest_is_cancelled_once_its_fills_arrived() -> None:
     assert kinds(t.accepted("c1", "o1", NOW, executed=Decimal(4))) == ["OrderAccepted"]
     events = t.on_fills(fill("f1", "4", "6", fill_type="taker"), NOW)
     assert kinds(events) == ["OrderPartiallyFilled", "OrderCancelled"]
-    assert events[1].reason is CancelReason.IOC_REMAINDER and events[1].filled_qty == 4
+    cancelled = events[1]
+    assert isinstance(cancelled, OrderCancelled)
+    assert cancelled.reason is CancelReason.IOC_REMAINDER and cancelled.filled_qty == 4
 
 
 def test_a_market_order_that_found_nothing_ends_at_once() -> None:
@@ -210,7 +213,9 @@ def test_a_market_order_that_found_nothing_ends_at_once() -> None:
     begin(t, price=None, order_type=OrderType.MARKET)
     events = t.accepted("c1", "o1", NOW, executed=Decimal(0))
     assert kinds(events) == ["OrderAccepted", "OrderCancelled"]
-    assert events[1].reason is CancelReason.NO_LIQUIDITY
+    cancelled = events[1]
+    assert isinstance(cancelled, OrderCancelled)
+    assert cancelled.reason is CancelReason.NO_LIQUIDITY
 
 
 # ---------------------------------------------------------------- changes
@@ -221,7 +226,10 @@ def test_an_edit_told_twice_is_reported_once() -> None:
     begin(t)
     t.accepted("c1", "o1", NOW)
     (modified,) = t.on_open_orders(placed(qty="12", price="99", reason="edited_by_user"), NOW)
-    assert isinstance(modified, OrderModified) and (modified.qty, modified.price) == (12, 99)
+    assert isinstance(modified, OrderModified) and (modified.qty, modified.price) == (
+        Decimal(12),
+        Decimal(99),
+    )
     assert t.edited("c1", NOW, qty=Decimal(12), price=Decimal(99)) == []
 
 
@@ -304,13 +312,13 @@ def test_any_interleaving_gives_one_legal_story(
     t = tracker()
     begin(t, qty=str(total))
     events: list[Any] = []
-    for position, message in enumerate(feed):
+    for position, frame in enumerate(feed):
         if position == min(answer_at, len(feed)):
             events += t.accepted("c1", "o1", NOW)
-        if isinstance(message, schemas.FillsMessage):
-            events += t.on_fills(message, NOW)
+        if isinstance(frame, schemas.FillsMessage):
+            events += t.on_fills(frame, NOW)
         else:
-            events += t.on_open_orders(message, NOW)
+            events += t.on_open_orders(frame, NOW)
     if answer_at >= len(feed):
         events += t.accepted("c1", "o1", NOW)
 
@@ -352,7 +360,10 @@ def test_rest_answers(exchange_data: Path) -> None:
         "lastUpdateTime": "2019-09-05T17:01:17.410Z",
     }
     snapshot = snapshot_from_rest(item, "acct", instrument_of, None)
-    assert snapshot is not None and (snapshot.qty, snapshot.filled_qty) == (310, 6)
+    assert snapshot is not None and (snapshot.qty, snapshot.filled_qty) == (
+        Decimal(310),
+        Decimal(6),
+    )
     assert snapshot.status is OrderStatus.PARTIALLY_FILLED and snapshot.side is Side.SELL
     assert snapshot_from_rest({**item, "cliOrdId": None}, "acct", instrument_of, None) is None
 
@@ -366,16 +377,18 @@ def test_rest_answers(exchange_data: Path) -> None:
         "fillTime": "2020-07-22T13:37:27.077Z",
         "fillType": "maker",
     }
+    no_cids: dict[str, str] = {}
+    no_fees: dict[str, tuple[Decimal, str]] = {}
     known = fill_from_rest(
-        rest_fill, "acct", instrument_of, {"o1": "c1"}.get, {}.get, lambda _: "BTC"
+        rest_fill, "acct", instrument_of, {"o1": "c1"}.get, no_fees.get, lambda _: "BTC"
     )
     assert known is not None and (known.client_order_id, known.fee, known.fee_currency) == (
         "c1",
-        0,
+        Decimal(0),
         "BTC",
     )
     assert known.ts == parse_iso_ns("2020-07-22T13:37:27.077Z")
-    assert fill_from_rest(rest_fill, "acct", instrument_of, {}.get, {}.get, str) is None
+    assert fill_from_rest(rest_fill, "acct", instrument_of, no_cids.get, no_fees.get, str) is None
 
 
 def test_iso_times_are_exact() -> None:

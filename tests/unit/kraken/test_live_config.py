@@ -44,7 +44,9 @@ def test_unknown_settings_are_refused() -> None:
     with pytest.raises(ValidationError):
         KrakenSpotConfig(account="main", api_key="k", api_secret=SECRET, tier="gold")
     with pytest.raises(ValidationError):
-        KrakenSpotConfig(account="main", api_key="k", api_secret=SECRET, colour="red")
+        KrakenSpotConfig(  # type: ignore[call-arg]
+            account="main", api_key="k", api_secret=SECRET, colour="red"
+        )
 
 
 def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,12 +39,14 @@ def table(exchange_data: Path) -> InstrumentTable:
 
 @pytest.fixture(scope="module")
 def recording(exchange_data: Path) -> dict[str, Any]:
-    return load(exchange_data / "kraken_spot_v2/btcusd_book10_2023-07-30.json")
+    data: dict[str, Any] = load(exchange_data / "kraken_spot_v2/btcusd_book10_2023-07-30.json")
+    return data
 
 
 @pytest.fixture(scope="module")
 def doc(exchange_data: Path) -> dict[str, Any]:
-    return load(exchange_data / "kraken_spot_v2/v2_doc_examples.json")
+    data: dict[str, Any] = load(exchange_data / "kraken_spot_v2/v2_doc_examples.json")
+    return data
 
 
 def feed_with(table: InstrumentTable, *keys: StreamKey) -> PublicFeed:

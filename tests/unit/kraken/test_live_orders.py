@@ -87,12 +87,14 @@ def trade(
 
 @pytest.fixture(scope="module")
 def doc(exchange_data: Path) -> dict[str, Any]:
-    return load(exchange_data / "kraken_spot_v2/v2_doc_examples.json")
+    data: dict[str, Any] = load(exchange_data / "kraken_spot_v2/v2_doc_examples.json")
+    return data
 
 
 @pytest.fixture(scope="module")
 def rest(exchange_data: Path) -> dict[str, Any]:
-    return load(exchange_data / "kraken_rest/kraken_rest_real_responses.json")
+    data: dict[str, Any] = load(exchange_data / "kraken_rest/kraken_rest_real_responses.json")
+    return data
 
 
 def test_the_documented_pending_new_new_trade_sequence(doc: dict[str, Any]) -> None:
@@ -114,7 +116,7 @@ def test_the_documented_pending_new_new_trade_sequence(doc: dict[str, Any]) -> N
     assert (filled.status, filled.filled_qty, filled.remaining_qty) == (
         OrderStatus.FILLED,
         D("0.005"),
-        0,
+        D(0),
     )
     assert filled.avg_price == D("26599.9")
     assert tracker.needs_resync is False
@@ -149,6 +151,7 @@ def test_partial_fills_then_the_last_fill_completes_the_order_each_fill_once() -
     first = tracker.receive(frame([trade("T1", "0.004", "26500.0", cum="0.004")]), NOW)
     assert [type(e) for e in first] == [OrderAccepted, OrderPartiallyFilled]
     partial = first[1]
+    assert isinstance(partial, OrderPartiallyFilled)
     assert (partial.filled_qty, partial.remaining_qty, partial.fill.liquidity) == (
         D("0.004"),
         D("0.006"),
@@ -196,7 +199,7 @@ def test_cancel_reasons(
     assert (cancelled.reason, cancelled.message, cancelled.remaining_qty) == (
         reason,
         reason_text,
-        0,
+        D(0),
     )
     assert tracker.unfinished() == []
 
@@ -325,7 +328,7 @@ def test_a_recorded_open_order_becomes_a_snapshot(rest: dict[str, Any]) -> None:
         OrderStatus.ACCEPTED,
         D("0.1"),
         D("50"),
-        0,
+        D(0),
     )
     assert snapshot.ts == 1705259439_563000000
     txid, info = next(iter(rest["OpenOrders_take_profit"]["result"]["open"].items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -74,7 +75,7 @@ def test_the_attempt_log_keeps_only_the_window() -> None:
         {"max_attempts_per_window": 0},
     ],
 )
-def test_nonsense_policies_are_refused(kwargs: dict[str, float]) -> None:
+def test_nonsense_policies_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ReconnectPolicy(**kwargs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -18,8 +19,8 @@ def snapshot(bids: list[tuple[str, str]], asks: list[tuple[str, str]], update_id
             "asks": [list(a) for a in asks], "update_id": update_id, "ts": 1}
 
 
-def delta(update_id: int, bids: list[tuple[str, str]] = (), asks: list[tuple[str, str]] = ()
-          ) -> dict[str, Any]:  # type: ignore[assignment]
+def delta(update_id: int, bids: Sequence[tuple[str, str]] = (),
+          asks: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     return {"type": "book_delta", "instrument": "BTC/USD", "bids": [list(b) for b in bids],
             "asks": [list(a) for a in asks], "update_id": update_id, "ts": 2}
 

@@ -19,7 +19,7 @@ from protocol.orders import NewOrder
 from protocol.session import parse_client_message
 from tradefleet.service.session_tokens import SessionClaims
 from workers.market.core import CLOSE_POLICY, MarketCore
-from workers.market.order_checks import check_request
+from workers.market.order_checks import OrderRequest, check_request
 from workers.market.settings import MarketSettings
 
 ACCOUNT = "paper-1"
@@ -125,6 +125,7 @@ def test_any_algo_frame_gets_an_answer_or_a_valid_route_and_never_raises(
         assert forwarded["session_id"] == "s-a" and forwarded["customer"] == "acme"
         request = parse_client_message(forwarded["msg"])  # raises if the Broker would refuse
         assert getattr(request, "account", ACCOUNT) == ACCOUNT
+        assert isinstance(request, OrderRequest)  # only order requests are routed
         assert check_request(request, ACCOUNT, {SPEC.instrument: SPEC}) is None
         if isinstance(request, NewOrder):
             assert request.qty > 0 and (request.price is None or request.price > 0)

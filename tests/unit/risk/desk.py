@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from protocol.market import InstrumentSpec, Ticker, Trade
 from protocol.orders import (
@@ -188,7 +188,8 @@ class Desk:
             # E.g. cancelling an order that just finished. The shell tells the manager, so a
             # modify it let through stops counting.
             if isinstance(request, ModifyOrder | CancelOrder):
-                action = "modify" if isinstance(request, ModifyOrder) else "cancel"
+                action: Literal["modify", "cancel"] = (
+                    "modify" if isinstance(request, ModifyOrder) else "cancel")
                 refusal = VenueRefused(request.client_order_id, action, exc.code, exc.message)
                 self.journal.append(refusal)
                 self._carry_out(self.manager.receive(refusal, self.now))
@@ -220,8 +221,8 @@ class Desk:
                 t.entry, NewOrder | CancelOrder | ModifyOrder
             ):
                 journaled = t.entry
-                self.journal.append(journaled)  # type: ignore[arg-type]
-                effects = self.manager.receive(journaled, self.now)  # type: ignore[arg-type]
+                self.journal.append(journaled)
+                effects = self.manager.receive(journaled, self.now)
                 out += effects
                 self._carry_out(effects)
         return out

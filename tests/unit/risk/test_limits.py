@@ -9,14 +9,15 @@ from pydantic import ValidationError
 
 from protocol.errors import ErrorCode
 from protocol.market import Side
-from protocol.orders import ModifyOrder
+from protocol.orders import ModifyOrder, NewOrder
+from protocol.risk import RiskLimits
 from workers.broker.risk.limits import (
     ACCEPT,
     AccountView,
     Holding,
     Refuse,
     RiskEngine,
-    RiskLimits,
+    Verdict,
     WorkingOrder,
     worst_case,
 )
@@ -44,8 +45,8 @@ def working(cid: str, side: str, qty: str, price: str | None, instrument: str = 
                         None if price is None else D(price))
 
 
-def check(limits: RiskLimits, new_order=None, state: AccountView | None = None,  # type: ignore[no-untyped-def]
-          prices: Prices = BTC_100, tag: str | None = None):
+def check(limits: RiskLimits, new_order: NewOrder | None = None, state: AccountView | None = None,
+          prices: Prices = BTC_100, tag: str | None = None) -> Verdict:
     return RiskEngine(limits).check(new_order or order(), state or AccountView(), prices, NOW,
                                     trader_tag=tag)
 

@@ -31,7 +31,7 @@ def test_a_different_venue_position_is_corrected_journaled_and_rebuilt() -> None
     [effect] = check.effects
     assert isinstance(effect, Journal) and isinstance(effect.record, PositionCorrected)
     record = effect.record
-    assert (record.instrument, record.ours_qty, record.venue_qty) == ("BTC/USD", 1, D("1.5"))
+    assert (record.instrument, record.ours_qty, record.venue_qty) == ("BTC/USD", D(1), D("1.5"))
     assert RISK_RECORD.validate_python(record.model_dump(mode="json")) == record
     assert desk.position() == D("1.5")
     assert desk.manager.positions.positions()[0].avg_price == D(102)

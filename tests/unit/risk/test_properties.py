@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from itertools import combinations
@@ -251,6 +252,7 @@ class Run:
         notional: dict[str, Decimal] = {}
         for instrument in set(held) | set(orders):
             working = orders.get(instrument, [])
+            subsets: list[Sequence[OrderSnapshot]]
             if len(working) <= EXHAUSTIVE_UP_TO:
                 subsets = [c for n in range(len(working) + 1) for c in combinations(working, n)]
             else:  # the extremes: every buy fills, or every sell does
@@ -411,8 +413,8 @@ class Run:
             if qty == 0:
                 return
             side = "sell" if held > 0 else "buy"
-            price = self.price_at(instrument, s.percent_off if held > 0 else -s.percent_off)
-            self.step(PlaceAt(instrument, side, qty, price))
+            limit = self.price_at(instrument, s.percent_off if held > 0 else -s.percent_off)
+            self.step(PlaceAt(instrument, side, qty, limit))
             return
         elif isinstance(s, PlaceAt):
             order = NewOrder(client_order_id=self.next_id("p"), account=ACCOUNT,

@@ -51,8 +51,10 @@ def test_a_retired_id_is_refused_and_nothing_is_admitted() -> None:
         desk.place(order(cid))
         desk.fill(cid, "100")
     effects = desk.send(OrderRequest(order("c1"), session_id="s1"))
-    assert effects == [RefuseRequest("c1", ErrorCode.DUPLICATE_ORDER, effects[0].message, "s1")]
-    assert "finished long ago" in effects[0].message
+    refusal = effects[0]
+    assert isinstance(refusal, RefuseRequest)
+    assert effects == [RefuseRequest("c1", ErrorCode.DUPLICATE_ORDER, refusal.message, "s1")]
+    assert "finished long ago" in refusal.message
     assert not any(isinstance(e, Journal) for e in effects)
     assert [o.client_order_id for o in desk.manager.orders.working()] == []
 

@@ -38,7 +38,8 @@ class Recorder(Strategy):
     async def on_event(self, event: Any) -> None:
         self.seen.append(event)
         if isinstance(event, Fill):
-            raise RuntimeError("a strategy bug does not stop the bookkeeping")
+            # A simulated strategy bug, not a type check: which exception does not matter.
+            raise RuntimeError("a strategy bug does not stop the bookkeeping")  # noqa: TRY004
         await self.client.place_order("BTC/USD", "buy", "1")
 
 
