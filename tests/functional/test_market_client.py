@@ -24,6 +24,7 @@ from tests.support.market_fakes import (
     start_market,
     wait_for,
 )
+from tests.support.tcp_proxy import TcpProxy
 from tradefleet.client import (
     AuthError,
     ConnectionLost,
@@ -297,3 +298,50 @@ async def test_a_session_taken_over_elsewhere_ends_this_client(platform: Platfor
         await client.close()
     with pytest.raises(ConnectionLost):
         await client.place_order("BTC/USD", "buy", "0.1", price="100")
+
+
+async def test_a_session_resumed_on_the_market_that_holds_its_streams(platform: Platform
+                                                                      ) -> None:
+    # The algo's process restarts and resumes its session (session_id + last seq) on the
+    # same Market, which still holds the session's book stream: the welcome comes in one
+    # frame with the stream's fresh snapshot, and both must be taken.
+    first = await platform.client()
+    await first.subscribe("BTC/USD", "book", depth=2)
+    await platform.broker.push_market(SNAPSHOT)
+    await next_of(first, BookSnapshot)
+    session_id, last_seq = first.session_id, first.last_seq
+    await first.close()
+    again = await platform.client(session_id=session_id, resume_from_seq=last_seq,
+                                  request_timeout_s=3)
+    try:
+        snapshot = await next_of(again, BookSnapshot)
+        assert snapshot.bids[0][0] == Decimal("100")
+        accepted = await (await again.place_order("BTC/USD", "buy", "0.1", price="100")
+                          ).accepted(timeout=5)
+        assert accepted.status in (OrderStatus.ACCEPTED, OrderStatus.FILLED)
+    finally:
+        await again.close()
+
+
+async def test_a_network_blip_resumes_on_the_same_market_and_trading_goes_on(
+        platform: Platform) -> None:
+    # Nothing dies: the connection between the algo and its Market is cut. The SDK resumes
+    # the session on the same Market, which still holds the session and its book stream.
+    market = platform.markets[0]
+    proxy = TcpProxy(int(market.url.rsplit(":", 1)[1]))
+    await proxy.start()
+    platform.manager.via[market.ws_url] = f"ws://127.0.0.1:{proxy.port}/v1/session"
+    client = await platform.client(request_timeout_s=3)
+    try:
+        await client.subscribe("BTC/USD", "book", depth=2)
+        await platform.broker.push_market(SNAPSHOT)
+        await next_of(client, BookSnapshot)
+        assert proxy.accepted == 1 and proxy.cut() == 2
+        await wait_for(lambda: proxy.accepted == 2 and client.connected, what="a resume")
+        handle = await client.place_order("BTC/USD", "buy", "0.1", price="100")
+        await handle.filled(timeout=10)
+        assert client.connected and handle.filled_qty == Decimal("0.1")
+        assert await next_of(client, BookSnapshot)  # the stream's fresh snapshot on resume
+    finally:
+        await client.close()
+        await proxy.stop()

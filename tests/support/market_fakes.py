@@ -332,6 +332,7 @@ class FakeMarketManager:
     def __init__(self, tokens: dict[str, tuple[str, list[str]]]) -> None:
         self.tokens = tokens  # api token → (customer, accounts)
         self.markets: list[RunningMarket] = []
+        self.via: dict[str, str] = {}  # a Market's ws_url → the URL handed out instead
         self.requests: list[dict[str, Any]] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -366,7 +367,8 @@ class FakeMarketManager:
         session_id = body.get("session_id") or f"{customer}.s{next(self._ids)}"
         token, expires_at = mint(SERVICE_TOKEN, session_id, customer, account, 3600)
         return web.json_response({"session_id": session_id, "session_token": token,
-                                  "ws_url": live[0].ws_url, "account": account,
+                                  "ws_url": self.via.get(live[0].ws_url, live[0].ws_url),
+                                  "account": account,
                                   "customer": customer, "expires_at": expires_at})
 
 

@@ -524,7 +524,7 @@ class MarketClient:
             hello["resume_from_seq"] = self.last_seq
         try:
             await ws.send_str(orjson.dumps(hello).decode())
-            welcome = await self._welcome(ws)
+            welcome, after = await self._welcome(ws)
         except BaseException:
             await ws.close()
             raise
@@ -533,21 +533,39 @@ class MarketClient:
         self.customer, self.ws_url = grant.customer, ws_url
         log.info("session %s attached to %s (resumed=%s, last_seq=%s)", grant.session_id,
                  ws_url, welcome.resumed, welcome.last_seq)
+        for item in after:
+            await self._on_event(item)
         await self._restore(welcome)
 
-    async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> Welcome:
+    async def _welcome(self, ws: aiohttp.ClientWebSocketResponse
+                       ) -> tuple[Welcome, list[Any]]:
+        """The Market's welcome, and the events that came in the same frame after it (a
+        Market that still holds the session's streams sends their snapshots with it)."""
         async with asyncio.timeout(self.request_timeout_s):
             while True:
                 msg = await ws.receive()
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     raise _Reattach(f"Market closed before welcome ({ws.close_code})")
-                event = parse_server_message(decode(msg.data))
-                if isinstance(event, Welcome):
-                    return event
-                if isinstance(event, Error):
-                    if event.code.value in ("unauthorized", "forbidden"):
-                        raise AuthError(f"{event.code.value}: {event.message}")
-                    raise _Reattach(f"Market refused the session: {event.code.value}")
+                try:
+                    data = decode(msg.data)
+                except CodecError:
+                    raise _Reattach("undecodable frame from the Market before welcome") \
+                        from None
+                items = data.get("events") if isinstance(data, dict) \
+                    and data.get("type") == "batch" else [data]
+                if not isinstance(items, list):
+                    raise _Reattach("malformed batch from the Market before welcome")
+                for index, item in enumerate(items):
+                    try:
+                        event = parse_server_message(item)
+                    except (ValidationError, TypeError):
+                        continue  # an event this SDK does not know; the welcome may follow
+                    if isinstance(event, Welcome):
+                        return event, items[index + 1:]
+                    if isinstance(event, Error):
+                        if event.code.value in ("unauthorized", "forbidden"):
+                            raise AuthError(f"{event.code.value}: {event.message}")
+                        raise _Reattach(f"Market refused the session: {event.code.value}")
 
     async def _restore(self, welcome: Welcome) -> None:
         """After (re)attaching: streams the Market did not restore, requests still waiting,
