@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from infra_manager.settings import InfraSettings
 from infra_manager.web_app import create_app
 from tradefleet.config import ConfigError, load_config
 from tradefleet.service import logs
+from tradefleet.service.files import write_atomic
 from tradefleet.service.loop import run
 from tradefleet.service.tokens import mask
 
@@ -60,13 +60,6 @@ def public_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     try:
         config = load_config(args.config)
@@ -89,7 +82,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     url_file = args.data_dir / "run" / "infra.url"
     try:
         await web.SockSite(runner, sock).start()
-        write_atomically(url_file, url + "\n")
+        write_atomic(url_file, url + "\n")
         print(orjson.dumps({"event": "listening", "url": url, "infra_id": infra_id}).decode(),
               flush=True)
         log.info("listening", url=url, join_token=mask(settings.join_token),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from protocol.control import LIVE_STATES, WorkerKind
 from tradefleet.config import ConfigError, load_config
 from tradefleet.service import logs
 from tradefleet.service import metrics as metrics_http
+from tradefleet.service.files import write_atomic
 from tradefleet.service.loop import run
 from tradefleet.service.tokens import load_or_create_secrets
 from tradefleet.service.web import listen
@@ -40,13 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--leave-workers", action="store_true",
                         help="On SIGINT/SIGTERM exit without stopping workers (re-adopted later).")
     return parser.parse_args(argv)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,6 +129,7 @@ from protocol.orders import NewOrder, OrderSnapshot
 from tradefleet.config import ConfigError, FleetConfig, load_config
 from tradefleet.service import logs
 from tradefleet.service import metrics as metrics_http
+from tradefleet.service.files import write_atomic
 from tradefleet.service.loop import run
 from tradefleet.service.tokens import load_or_create_secrets
 from tradefleet.service.web import (
@@ -848,13 +849,6 @@ def _public_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _remove_if_ours(path: Path, url: str) -> None:
     with contextlib.suppress(OSError):
         if path.read_text().strip() == url:
@@ -899,7 +893,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     exit_code = 0
     try:
         await web.SockSite(runner, sock).start()
-        _write_atomically(url_file, url + "\n")
+        write_atomic(url_file, url + "\n")
         print(orjson.dumps({"event": "listening", "url": url}).decode(), flush=True)
         logger.info("listening", url=url, instruments=len(paper.instruments), seed=paper.seed)
         stopped = asyncio.create_task(stop.wait(), name="paper-exchange-stop")
