@@ -3,7 +3,8 @@ best bid/offer, re-quoting when the mid moves by more than `requote_ticks`.
 
 Parameters: `instrument`, `qty` (decimal string per quote), `tick` (the instrument's tick size,
 decimal string), `spread_ticks`, `requote_ticks`. Uses limit GTC orders, modified in place when
-the market moves; cancels both quotes on stop.
+the market moves; cancels both quotes on stop. Hosted with `on_restart = "adopt"`, a new run
+takes over the quotes a killed run left (one per side; any other is cancelled).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class TwoSidedQuoter(Strategy):
         self.requotes = 0
 
     async def on_start(self) -> None:
+        for handle in self.client.orders.values():  # left by an earlier run, adopted
+            if handle.is_done or handle.instrument != self.instrument:
+                continue
+            if handle.side.value in self.quotes:
+                await self.client.cancel_order(handle.client_order_id)
+            else:
+                self.quotes[handle.side.value] = handle
         await self.client.subscribe(self.instrument, "ticker")
 
     def _round(self, price: Decimal) -> Decimal:

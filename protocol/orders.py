@@ -240,6 +240,11 @@ class GetOpenOrders(Frozen):
         default="get_open_orders", description="Message discriminator."
     )
     account: AccountId = Field(description="Account to report on.")
+    session_only: bool = Field(
+        default=False,
+        description="Only the orders placed by this session (also by an earlier connection "
+        "or process that had the same session), not all the customer's on the account.",
+    )
     ref: Ref | None = Field(default=None, description="Echoed in the answer.")
 
 

@@ -147,6 +147,11 @@ class TraderSection(Section):
     account: str = Field(description="Account the algo trades.")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="Keyword parameters passed to the strategy.")
+    on_restart: Literal["cancel", "adopt"] = Field(default="cancel", description=(
+        "What becomes of the working orders a previous run of this algo left (its process "
+        "killed, its strategy crashed) before the new run starts: `cancel` them (the new "
+        "run starts with none), or `adopt` them (the strategy finds them in "
+        "`client.orders` in `on_start`)."))
 
 
 class MarketSettings(Section):

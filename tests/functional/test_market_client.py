@@ -315,7 +315,7 @@ async def test_a_session_resumed_on_the_market_that_holds_its_streams(platform: 
                                   request_timeout_s=3)
     try:
         snapshot = await next_of(again, BookSnapshot)
-        assert snapshot.bids[0][0] == Decimal("100")
+        assert snapshot.bids[0][0] == Decimal(100)
         accepted = await (await again.place_order("BTC/USD", "buy", "0.1", price="100")
                           ).accepted(timeout=5)
         assert accepted.status in (OrderStatus.ACCEPTED, OrderStatus.FILLED)

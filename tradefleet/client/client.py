@@ -393,11 +393,24 @@ class MarketClient:
             {"type": "get_positions", "account": self.account}, "balances", timeout)
         return answer
 
-    async def open_orders(self, timeout: float | None = None) -> list[OrderSnapshot]:
-        """The account's working orders now, oldest first."""
+    async def open_orders(self, timeout: float | None = None, *, session_only: bool = False
+                          ) -> list[OrderSnapshot]:
+        """The account's working orders now (this customer's), oldest first. With
+        `session_only`, only those this session placed — also before a restart, when the
+        session is the same (a `trader_tag` session, or one resumed by `session_id`)."""
         answer: OpenOrders = await self._request(
-            {"type": "get_open_orders", "account": self.account}, "open_orders", timeout)
+            {"type": "get_open_orders", "account": self.account,
+             "session_only": session_only}, "open_orders", timeout)
         return answer.orders
+
+    def adopt(self, order: OrderSnapshot) -> OrderHandle:
+        """Track a working order of this session that this client did not place, e.g. one
+        left by the algo's previous run (from `open_orders(session_only=True)`): its handle,
+        kept up to date by the session's events from now on, and in `orders`."""
+        if order.account != self.account:
+            raise ValueError(f"order {order.client_order_id} is of account {order.account}, "
+                             f"this session trades {self.account}")
+        return self._orders.apply(order)
 
     # ------------------------------------------------------------------ signals
 

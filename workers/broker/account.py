@@ -339,10 +339,13 @@ class AccountBook:
     def _forget(self, client_order_id: str) -> None:
         self._notes.pop(client_order_id, None)
 
-    def open_orders(self, customer: str | None = None) -> list[OrderSnapshot]:
-        """Open orders (pending included), oldest first; only `customer`'s when given."""
+    def open_orders(self, customer: str | None = None, session_id: str | None = None
+                    ) -> list[OrderSnapshot]:
+        """Open orders (pending included), oldest first; only `customer`'s when given, only
+        those placed by `session_id` when given."""
         return [o for o in self.tracker.open_orders()
-                if customer is None or self.customer_of(o.client_order_id) == customer]
+                if (customer is None or self.customer_of(o.client_order_id) == customer)
+                and (session_id is None or self.session_of(o.client_order_id) == session_id)]
 
     def positions(self) -> dict[str, Decimal]:
         """Net quantity per instrument from the journaled fills (non-zero only)."""

@@ -618,7 +618,8 @@ class AccountOwner:
         try:
             if isinstance(request, GetOpenOrders):
                 self._answer(requester, OpenOrders(
-                    account=self.account, orders=self.book.open_orders(customer),
+                    account=self.account, orders=self.book.open_orders(
+                        customer, session_id if request.session_only else None),
                     ref=request.ref, ts=self._clock()))
             elif isinstance(request, GetPositions):
                 await self._answer_positions(requester, request)

@@ -7,6 +7,13 @@ The strategy's event stream is read through a `PnlLedger` (`workers.trader.pnl`)
 the trader's own orders and the prices it subscribed to give its per-instrument position,
 average cost, realized and unrealized PnL and fees, reported in the status `info["pnl"]` for
 the fleet view.
+
+A trader keeps one session across its runs: its id and last seq are kept in
+`DATA_DIR/traders/<name>.session.json`, and a new run (after a kill -9, a crashed strategy, a
+replacement worker) resumes it. So the orders an earlier run left working are the session's
+orders still: the new run finds them (`open_orders(session_only=True)`), and their events
+come to it. Before the strategy starts they are cancelled, or adopted into `client.orders`
+(`on_restart`); otherwise they would work on at the venue, known to nobody.
 """
 
 from __future__ import annotations
@@ -18,15 +25,64 @@ import random
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from protocol.control import Load
 from tradefleet.config import TraderSection
+from tradefleet.service.files import write_atomic
 from tradefleet.strategy import Strategy, load_strategy_class, run_strategy
 from workers.runtime.service import WorkerContext, WorkerService
 from workers.trader.pnl import PnlLedger
 
 log = structlog.get_logger(__name__)
+
+TAKE_OVER_S = 30.0
+"""How long a new run waits for the cancels of the orders an earlier run left."""
+SAVE_EVERY_S = 1.0
+"""How often a running trader records its session's last seq (what a new run resumes from)."""
+
+
+class SavedSession:
+    """The trader's session as its runs hand it on: `{"session_id", "account", "last_seq"}`
+    in `DATA_DIR/traders/<name>.session.json`."""
+
+    def __init__(self, data_dir: Path, name: str) -> None:
+        self.path = data_dir / "traders" / f"{name}.session.json"
+        self._written: tuple[str, str, int] | None = None
+
+    def load(self, account: str) -> tuple[str, int] | None:
+        """(session_id, last_seq) of the session an earlier run had on `account`, if any."""
+        try:
+            saved = orjson.loads(self.path.read_bytes())
+            session_id, last_seq = saved["session_id"], saved["last_seq"]
+            if saved["account"] != account or not isinstance(session_id, str) \
+                    or not isinstance(last_seq, int) or last_seq < 0:
+                return None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("saved_session_unreadable", path=str(self.path))
+            return None
+        return session_id, last_seq
+
+    def save(self, session_id: str | None, account: str | None, last_seq: int) -> None:
+        if session_id is None or account is None:
+            return
+        state = (session_id, account, last_seq)
+        if state == self._written:
+            return
+        try:
+            write_atomic(self.path, orjson.dumps({"session_id": session_id, "account": account,
+                                                  "last_seq": last_seq}).decode())
+        except OSError as exc:  # the next run then starts a session anew: no crash for it
+            log.warning("session_not_saved", path=str(self.path), error=str(exc))
+            return
+        self._written = state
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._written = None
 
 
 class _LedgerStream:
@@ -107,19 +163,42 @@ class TraderService(WorkerService):
     def _manager_url(self) -> str:
         return (self.ctx.data_dir / "run" / "market-manager.url").read_text().strip()
 
-    async def _run(self, section: TraderSection) -> None:
-        from tradefleet.client import MarketClient
+    async def _connect(self, section: TraderSection, saved: SavedSession) -> Any:
+        """A client on the trader's session: the one an earlier run had, resumed, or else a
+        new one. The trader's name is its tag: `accounts.<a>.risk.trader_tags.<name>` limits
+        apply to what it sends, on top of the account's."""
+        from tradefleet.client import ConnectionLost, MarketClient
 
+        url, token = self._manager_url(), self._api_token(section.customer)
+        earlier = saved.load(section.account)
+        if earlier is not None:
+            session_id, last_seq = earlier
+            try:
+                return await MarketClient.connect(url, token, account=section.account,
+                                                  trader_tag=section.name,
+                                                  session_id=session_id,
+                                                  resume_from_seq=last_seq)
+            except ConnectionLost:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. refused: start a session anew
+                log.warning("earlier_session_not_resumed", session_id=session_id,
+                            error=str(exc)[:200])
+                saved.forget()
+        return await MarketClient.connect(url, token, account=section.account,
+                                          trader_tag=section.name)
+
+    async def _keep_saving(self, client: Any, saved: SavedSession) -> None:
+        while True:
+            saved.save(client.session_id, client.account, client.last_seq)
+            await asyncio.sleep(SAVE_EVERY_S)
+
+    async def _run(self, section: TraderSection) -> None:
+        saved = SavedSession(self.ctx.data_dir, section.name)
         delay = 0.2
         while not self._stop.is_set():
             self.status = "connecting"
             try:
-                # The trader's name is its tag: `accounts.<a>.risk.trader_tags.<name>` limits
-                # apply to what it sends, on top of the account's.
-                client = await MarketClient.connect(self._manager_url(),
-                                                    self._api_token(section.customer),
-                                                    account=section.account,
-                                                    trader_tag=section.name)
+                client = await self._connect(section, saved)
             except Exception as exc:  # noqa: BLE001 - market not reachable yet: keep trying, never spin
                 self.last_error = str(exc)[:200]
                 log.warning("cannot connect yet", error=self.last_error)
@@ -129,7 +208,9 @@ class TraderService(WorkerService):
                 continue
             self.last_error = None
             delay = 0.2
+            saving = asyncio.create_task(self._keep_saving(client, saved))
             try:
+                await self._take_over(client, section)
                 cls = load_strategy_class(section.strategy, search=[Path.cwd()])
                 hosted = LedgerClient(client, self.ledger)
                 self.strategy = cls(hosted, **section.params)
@@ -142,8 +223,30 @@ class TraderService(WorkerService):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 5.0)
             finally:
+                saving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await saving
+                saved.save(client.session_id, client.account, client.last_seq)
                 await client.close()
         self.status = "stopped"
+
+    async def _take_over(self, client: Any, section: TraderSection) -> None:
+        """Before a run starts: the working orders an earlier run left in the trader's session
+        (its process killed -9, its strategy crashed) are cancelled, or adopted into the
+        client's `orders` for the strategy to pick up (`on_restart`). Otherwise they would
+        work on at the venue, unknown to the new run: an orphaned quote per restart."""
+        left = await client.open_orders(session_only=True)
+        if not left:
+            return
+        handles = [client.adopt(order) for order in left]
+        log.info("orders_left_by_an_earlier_run", count=len(handles), action=section.on_restart,
+                 client_order_ids=[h.client_order_id for h in handles])
+        if section.on_restart == "adopt":
+            return
+        for handle in handles:
+            await client.cancel_order(handle.client_order_id)
+        # A cancel the venue refuses (filled meanwhile) also ends the order.
+        await asyncio.wait_for(asyncio.gather(*(h.done() for h in handles)), TAKE_OVER_S)
 
     async def _halt(self) -> None:
         self._stop.set()

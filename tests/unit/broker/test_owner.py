@@ -350,6 +350,24 @@ async def test_customers_never_see_or_touch_each_others_orders(owners: Owners) -
     assert owner.book.tracker.status("c1") != "cancelled"
 
 
+async def test_a_session_can_ask_for_its_own_orders_also_after_a_new_owner(
+        owners: Owners) -> None:
+    # What a restarted algo resuming its session asks for: the orders that session placed,
+    # not the other sessions' of the same customer; known to a new owner too (journaled).
+    first, _ = await owners.open(1)
+    await first.route("s1", "alice", new_order("mine", price="31000"))
+    await first.route("s2", "alice", new_order("other-session", price="31001"))
+    await first.route("s3", "bob", new_order("other-customer", price="31002"))
+    owner, outbox = await owners.open(2)
+    await owner.route("s1", "alice", {"type": "get_open_orders", "account": "acct",
+                                      "session_only": True, "ref": "mine"})
+    await owner.route("s1", "alice", {"type": "get_open_orders", "account": "acct",
+                                      "ref": "all"})
+    answers = {e["ref"]: [o["client_order_id"] for o in e["orders"]]
+               for e in outbox.events("s1") if e["type"] == "open_orders"}
+    assert answers == {"mine": ["mine"], "all": ["mine", "other-session"]}
+
+
 async def test_positions_and_balances_come_from_the_venue(owners: Owners) -> None:
     owner, outbox = await owners.open(1)
     await owner.route("s1", "cust", {"type": "get_positions", "account": "acct", "ref": "p"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from tradefleet.config import ConfigError, FleetConfig, load_config
+from tradefleet.config import ConfigError, FleetConfig, TraderSection, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "deploy" / "fleet.example.toml"
 
@@ -72,3 +72,12 @@ def test_every_field_is_described_and_the_example_loads_and_mentions_every_key()
         assert key.split(".")[-1] in EXAMPLE.read_text(), f"{key} missing from the example"
     assert load_config(EXAMPLE) is not None
     tomllib.loads(EXAMPLE.read_text())
+
+
+def test_a_trader_cancels_what_an_earlier_run_left_unless_told_to_adopt_it() -> None:
+    base = {"name": "q", "strategy": "examples.quoter:TwoSidedQuoter", "customer": "demo",
+            "account": "paper-1"}
+    assert TraderSection(**base).on_restart == "cancel"
+    assert TraderSection(**base, on_restart="adopt").on_restart == "adopt"
+    with pytest.raises(ValidationError):
+        TraderSection(**base, on_restart="keep")
