@@ -6,13 +6,15 @@ finds the quotes the killed one left working at the exchange in its session. `on
 "cancel"` cancels them before the strategy starts; `on_restart = "adopt"` hands them to the
 strategy, which modifies them on as its own. Either way the exchange never holds more than
 the algo's two quotes, whatever the number of restarts. Before, every restart left two more
-quotes working, known to nobody.
+quotes working, known to nobody. A third quoter trades often: its PnL (position, fills) goes
+on from run to run and always comes back to the exchange's own figures for its account.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -26,21 +28,25 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 QUOTER = ('strategy = "examples.quoter:TwoSidedQuoter"\ncustomer = "desk"\n'
           'params = { instrument = "BTC/USD", qty = "0.01", tick = "0.1", spread_ticks = 1000, '
           'requote_ticks = 5 }\n')
+# Quotes 0.5 USD from the mid: the market trades through them every few seconds.
+TIGHT_QUOTER = QUOTER.replace("spread_ticks = 1000", "spread_ticks = 5")
 CONFIG = "traders = []\n" + FAST_CONFIG + f"""
 [managers.broker]
 desired = 2
 [managers.market]
 desired = 1
 [managers.trader]
-desired = 2
+desired = 3
 
 [accounts.q-cancel]
 venue = "paper"
 [accounts.q-adopt]
 venue = "paper"
+[accounts.q-fills]
+venue = "paper"
 
 [customers.desk]
-accounts = ["q-cancel", "q-adopt"]
+accounts = ["q-cancel", "q-adopt", "q-fills"]
 
 [[traders]]
 name = "quoter-cancel"
@@ -50,7 +56,11 @@ account = "q-cancel"
 name = "quoter-adopt"
 account = "q-adopt"
 on_restart = "adopt"
-{QUOTER}"""
+{QUOTER}
+[[traders]]
+name = "quoter-fills"
+account = "q-fills"
+{TIGHT_QUOTER}"""
 CONFIG = CONFIG.replace("traders = []\n", "", 1)
 
 
@@ -134,3 +144,47 @@ def test_a_restarted_algo_adopts_the_orders_its_killed_run_left(fleet: RunningFl
                  "the adopted quotes re-quoted, and no new ones")
     assert {o["client_order_id"] for o in first} == \
         {o["client_order_id"] for o in working_at_venue(fleet, "q-adopt")}
+
+
+def venue_books(fleet: RunningFleet, account: str) -> tuple[Decimal, int]:
+    """The exchange's position in BTC and the number of fills of `account`."""
+    venue = Http((fleet.data_dir / "run" / "paper.url").read_text().strip(),
+                 fleet.secrets()["join_token"])
+    positions = venue.get(f"/v1/accounts/{account}/ledger")["positions"]
+    qty = sum((Decimal(p["qty"]) for p in positions if p["instrument"] == "BTC/USD"),
+              Decimal(0))
+    fills = 0
+    while True:
+        page = venue.get(f"/v1/accounts/{account}/fills?offset={fills}")
+        fills += len(page["fills"])
+        if not page["more"]:
+            return qty, fills
+
+
+def pnl_of(fleet: RunningFleet, name: str) -> tuple[Decimal, int] | None:
+    """The running trader's own figures for BTC/USD: position and fills."""
+    worker = trader_worker(fleet, name)
+    if worker is None:
+        return None
+    line = worker["info"]["pnl"]["instruments"].get("BTC/USD")
+    return (Decimal(line["position"]), int(line["fills"])) if line else (Decimal(0), 0)
+
+
+def pnl_agrees_with_the_exchange(fleet: RunningFleet, at_least: int
+                                 ) -> tuple[Decimal, int] | None:
+    # Fills keep coming: retried until the two reads fall between two fills.
+    mine = pnl_of(fleet, "quoter-fills")
+    if mine is None or mine[1] < at_least:
+        return None
+    return mine if mine == venue_books(fleet, "q-fills") else None
+
+
+def test_a_restarted_algo_carries_its_pnl_on_exactly(fleet: RunningFleet) -> None:
+    _, fills = wait_for(partial(pnl_agrees_with_the_exchange, fleet, 2), 120,
+                        "the trader's first fills, as the exchange has them")
+    for _ in range(2):
+        kill_and_wait_for_the_next_run(fleet, "quoter-fills")
+        # The new run's figures go on from the killed run's (fills made while no run was
+        # there included), never from zero.
+        _, fills = wait_for(partial(pnl_agrees_with_the_exchange, fleet, fills + 1), 120,
+                            "the new run's PnL equal to the exchange's")

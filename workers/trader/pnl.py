@@ -16,8 +16,11 @@ A fill is counted once, by `fill_id`, whichever way it arrives (in an order even
 as a standalone `fill`, or replayed after a reconnect). Every amount is a `Decimal`;
 `report()` gives strings, for the worker's status info.
 
-The ledger starts empty with each Trader worker: it covers what this worker's session traded,
-not the account's history (the account's books are the Broker's `position_pnl`).
+The ledger covers what the trader's session traded, across the trader's runs: `state()` is
+kept with the session (`workers.trader.service.SavedSession`) and a new run starts from it
+(`PnlLedger.restore`) and from the session's events after `last_seq`, the highest seq the
+ledger saw. It is not the account's history (the account's books are the Broker's
+`position_pnl`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from typing import Any
 
 ZERO = Decimal(0)
 SEEN_FILLS = 10_000  # fill ids remembered for deduplication
+KEPT_FILL_IDS = 200
+"""Newest fill ids kept in `state()`: a fill seen as a standalone `fill` just before a restart
+may come again in its order event, replayed after the saved seq."""
 
 
 @dataclass
@@ -87,6 +93,22 @@ class InstrumentPnl:
     def set_mark(self, price: Decimal, source: str) -> None:
         self.mark, self.mark_source = price, source
 
+    def state(self) -> dict[str, Any]:
+        return {"position": str(self.position), "avg_cost": _str(self.avg_cost),
+                "realized": str(self.realized),
+                "fees": {c: str(a) for c, a in self.fees.items()},
+                "mark": _str(self.mark), "mark_source": self.mark_source, "fills": self.fills,
+                "bought": str(self.bought), "sold": str(self.sold)}
+
+    @classmethod
+    def restore(cls, instrument: str, state: dict[str, Any]) -> InstrumentPnl:
+        return cls(instrument, position=Decimal(state["position"]),
+                   avg_cost=_dec(state["avg_cost"]), realized=Decimal(state["realized"]),
+                   fees={str(c): Decimal(a) for c, a in state["fees"].items()},
+                   mark=_dec(state["mark"]), mark_source=state["mark_source"],
+                   fills=int(state["fills"]), bought=Decimal(state["bought"]),
+                   sold=Decimal(state["sold"]))
+
 
 class PnlLedger:
     """Per-instrument positions and PnL of one trader (module docstring)."""
@@ -96,6 +118,31 @@ class PnlLedger:
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
         self.duplicates = 0
+        self.last_seq = 0
+        """The highest session seq among the events observed: a new run resumes after it."""
+
+    def state(self) -> dict[str, Any]:
+        """What `restore` needs, JSON-ready (decimals as strings)."""
+        return {"instruments": {n: e.state() for n, e in self.instruments.items()},
+                "last_seq": self.last_seq,
+                "fill_ids": list(self._seen_order)[-KEPT_FILL_IDS:]}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> PnlLedger:
+        """The ledger `state()` described. Raises KeyError, TypeError, ValueError or
+        ArithmeticError (`decimal.InvalidOperation`) on a damaged state."""
+        ledger = cls()
+        ledger.instruments = {str(n): InstrumentPnl.restore(str(n), e)
+                              for n, e in state["instruments"].items()}
+        ledger.last_seq = int(state["last_seq"])
+        for fill_id in state["fill_ids"]:
+            ledger._remember(str(fill_id))
+        return ledger
+
+    def new_session(self) -> None:
+        """The trader's session changed (the old one could not be resumed): seqs start again;
+        the PnL goes on."""
+        self.last_seq = 0
 
     def _of(self, instrument: str) -> InstrumentPnl:
         entry = self.instruments.get(instrument)
@@ -105,6 +152,9 @@ class PnlLedger:
 
     def observe(self, event: Any) -> bool:
         """Take one SDK event. True when it changed the ledger."""
+        seq = getattr(event, "seq", None)
+        if isinstance(seq, int) and seq > self.last_seq:
+            self.last_seq = seq
         kind = getattr(event, "type", None)
         if kind in ("order_filled", "order_partially_filled"):
             return self._fill(getattr(event, "fill", None))
@@ -210,3 +260,11 @@ def _s(value: Decimal | None) -> str | None:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def _str(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _dec(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)

@@ -8,9 +8,10 @@ the trader's own orders and the prices it subscribed to give its per-instrument 
 average cost, realized and unrealized PnL and fees, reported in the status `info["pnl"]` for
 the fleet view.
 
-A trader keeps one session across its runs: its id and last seq are kept in
-`DATA_DIR/traders/<name>.session.json`, and a new run (after a kill -9, a crashed strategy, a
-replacement worker) resumes it. So the orders an earlier run left working are the session's
+A trader keeps one session across its runs: its id, and the PnL ledger with the last seq it
+saw, are kept in `DATA_DIR/traders/<name>.session.json`, and a new run (after a kill -9, a
+crashed strategy, a replacement worker) resumes the session after that seq, its PnL going on
+from the ledger's. So the orders an earlier run left working are the session's
 orders still: the new run finds them (`open_orders(session_only=True)`), and their events
 come to it. Before the strategy starts they are cancelled, or adopted into `client.orders`
 (`on_restart`); otherwise they would work on at the venue, known to nobody.
@@ -40,45 +41,48 @@ log = structlog.get_logger(__name__)
 TAKE_OVER_S = 30.0
 """How long a new run waits for the cancels of the orders an earlier run left."""
 SAVE_EVERY_S = 1.0
-"""How often a running trader records its session's last seq (what a new run resumes from)."""
+"""How often a running trader records its session (its PnL and last seq) when it changed."""
 
 
 class SavedSession:
-    """The trader's session as its runs hand it on: `{"session_id", "account", "last_seq"}`
-    in `DATA_DIR/traders/<name>.session.json`."""
+    """The trader's session as its runs hand it on, in `DATA_DIR/traders/<name>.session.json`:
+    `{"session_id", "account", "pnl"}`, `pnl` being the trader's `PnlLedger.state()` (with
+    the session's last seq the ledger saw, where a new run resumes)."""
 
     def __init__(self, data_dir: Path, name: str) -> None:
         self.path = data_dir / "traders" / f"{name}.session.json"
-        self._written: tuple[str, str, int] | None = None
+        self._written: bytes | None = None
 
-    def load(self, account: str) -> tuple[str, int] | None:
-        """(session_id, last_seq) of the session an earlier run had on `account`, if any."""
+    def load(self, account: str) -> tuple[str, PnlLedger] | None:
+        """(session_id, ledger) an earlier run left on `account`, if any."""
         try:
             saved = orjson.loads(self.path.read_bytes())
-            session_id, last_seq = saved["session_id"], saved["last_seq"]
-            if saved["account"] != account or not isinstance(session_id, str) \
-                    or not isinstance(last_seq, int) or last_seq < 0:
+            session_id = saved["session_id"]
+            if saved["account"] != account or not isinstance(session_id, str):
                 return None
+            ledger = PnlLedger.restore(saved["pnl"])
+            if ledger.last_seq < 0:
+                raise ValueError("negative seq")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError):
             log.warning("saved_session_unreadable", path=str(self.path))
             return None
-        return session_id, last_seq
+        return session_id, ledger
 
-    def save(self, session_id: str | None, account: str | None, last_seq: int) -> None:
+    def save(self, session_id: str | None, account: str | None, ledger: PnlLedger) -> None:
         if session_id is None or account is None:
             return
-        state = (session_id, account, last_seq)
-        if state == self._written:
+        data = orjson.dumps({"session_id": session_id, "account": account,
+                             "pnl": ledger.state()})
+        if data == self._written:
             return
         try:
-            write_atomic(self.path, orjson.dumps({"session_id": session_id, "account": account,
-                                                  "last_seq": last_seq}).decode())
+            write_atomic(self.path, data.decode())
         except OSError as exc:  # the next run then starts a session anew: no crash for it
             log.warning("session_not_saved", path=str(self.path), error=str(exc))
             return
-        self._written = state
+        self._written = data
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -163,42 +167,49 @@ class TraderService(WorkerService):
     def _manager_url(self) -> str:
         return (self.ctx.data_dir / "run" / "market-manager.url").read_text().strip()
 
-    async def _connect(self, section: TraderSection, saved: SavedSession) -> Any:
-        """A client on the trader's session: the one an earlier run had, resumed, or else a
-        new one. The trader's name is its tag: `accounts.<a>.risk.trader_tags.<name>` limits
-        apply to what it sends, on top of the account's."""
+    async def _connect(self, section: TraderSection, saved: SavedSession,
+                       session_id: str | None) -> Any:
+        """A client on the trader's session: `session_id` (an earlier run's) resumed after the
+        last seq the ledger saw, or else a new session. The trader's name is its tag:
+        `accounts.<a>.risk.trader_tags.<name>` limits apply to what it sends, on top of the
+        account's."""
         from tradefleet.client import ConnectionLost, MarketClient
 
         url, token = self._manager_url(), self._api_token(section.customer)
-        earlier = saved.load(section.account)
-        if earlier is not None:
-            session_id, last_seq = earlier
+        if session_id is not None:
             try:
                 return await MarketClient.connect(url, token, account=section.account,
                                                   trader_tag=section.name,
                                                   session_id=session_id,
-                                                  resume_from_seq=last_seq)
+                                                  resume_from_seq=self.ledger.last_seq)
             except ConnectionLost:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. refused: start a session anew
                 log.warning("earlier_session_not_resumed", session_id=session_id,
                             error=str(exc)[:200])
                 saved.forget()
-        return await MarketClient.connect(url, token, account=section.account,
-                                          trader_tag=section.name)
+        client = await MarketClient.connect(url, token, account=section.account,
+                                            trader_tag=section.name)
+        self.ledger.new_session()
+        return client
 
     async def _keep_saving(self, client: Any, saved: SavedSession) -> None:
         while True:
-            saved.save(client.session_id, client.account, client.last_seq)
+            saved.save(client.session_id, client.account, self.ledger)
             await asyncio.sleep(SAVE_EVERY_S)
 
     async def _run(self, section: TraderSection) -> None:
         saved = SavedSession(self.ctx.data_dir, section.name)
+        session_id: str | None = None
+        earlier = saved.load(section.account)
+        if earlier is not None:
+            session_id, self.ledger = earlier
         delay = 0.2
         while not self._stop.is_set():
             self.status = "connecting"
             try:
-                client = await self._connect(section, saved)
+                client = await self._connect(section, saved, session_id)
+                session_id = client.session_id
             except Exception as exc:  # noqa: BLE001 - market not reachable yet: keep trying, never spin
                 self.last_error = str(exc)[:200]
                 log.warning("cannot connect yet", error=self.last_error)
@@ -226,7 +237,7 @@ class TraderService(WorkerService):
                 saving.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await saving
-                saved.save(client.session_id, client.account, client.last_seq)
+                saved.save(client.session_id, client.account, self.ledger)
                 await client.close()
         self.status = "stopped"
 
