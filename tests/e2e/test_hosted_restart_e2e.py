@@ -7,13 +7,18 @@ finds the quotes the killed one left working at the exchange in its session. `on
 strategy, which modifies them on as its own. Either way the exchange never holds more than
 the algo's two quotes, whatever the number of restarts. Before, every restart left two more
 quotes working, known to nobody. A third quoter trades often: its PnL (position, fills) goes
-on from run to run and always comes back to the exchange's own figures for its account.
+on from run to run and always comes back to the exchange's own figures for its account, also
+through random kill -9s of its worker, the TraderManager, its Broker, the Market and the
+exchange (`TRADEFLEET_CHAOS_SEED=<seed>` reproduces a run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
+import time
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -188,3 +193,50 @@ def test_a_restarted_algo_carries_its_pnl_on_exactly(fleet: RunningFleet) -> Non
         # there included), never from zero.
         _, fills = wait_for(partial(pnl_agrees_with_the_exchange, fleet, fills + 1), 120,
                             "the new run's PnL equal to the exchange's")
+
+
+def pid_of(fleet: RunningFleet, victim: str) -> int | None:
+    """A live-looking pid of the victim named (None while it has none)."""
+    if victim == "trader":
+        workers = [w for w in workers_of(fleet.fleet(), "trader") if w["state"] == "up"
+                   and (w.get("info") or {}).get("trader") == "quoter-fills"]
+        return workers[0].get("pid") if workers else None
+    if victim == "trader-manager":
+        return fleet.manager("trader").get("/health").get("pid")  # type: ignore[no-any-return]
+    if victim == "exchange":
+        url = (fleet.data_dir / "run" / "paper.url").read_text().strip()
+        return Http(url).get("/health").get("pid")  # type: ignore[no-any-return]
+    owner = fleet.manager("broker").get("/v1/accounts")["accounts"].get("q-fills") or {}
+    kind, wanted = ("broker", owner.get("worker_id")) if victim == "broker" else ("market", None)
+    pids = [w.get("pid") for w in workers_of(fleet.fleet(), kind)
+            if w["state"] == "up" and (wanted is None or w["id"] == wanted)]
+    return pids[0] if pids else None
+
+
+def test_a_hosted_algo_trades_through_kill_9s_of_everything_around_it(
+        fleet: RunningFleet) -> None:
+    """Its Trader worker, the TraderManager, its account's Broker, the Market and the
+    exchange, killed -9 at random while it quotes and gets filled: afterwards its PnL is the
+    exchange's, and only its current run's two quotes work at the exchange."""
+    seed = int(os.environ.get("TRADEFLEET_CHAOS_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    _, fills = wait_for(partial(pnl_agrees_with_the_exchange, fleet, 1), 120, "trading")
+    kills: list[str] = []
+    for _ in range(8):
+        time.sleep(rng.uniform(0.2, 1.5))  # trading between kills, not a wait
+        victim = rng.choice(["trader", "trader", "trader-manager", "broker", "market",
+                             "exchange"])
+        pid = wait_for(partial(pid_of, fleet, victim), 90, f"a {victim} to kill")
+        with contextlib.suppress(ProcessLookupError):  # the view may lag a death
+            os.kill(pid, signal.SIGKILL)
+        kills.append(victim)
+    context = f"seed {seed}; kills {kills}"
+    wait_for(partial(pnl_agrees_with_the_exchange, fleet, fills), 120,
+             f"the trader's PnL equal to the exchange's ({context})")
+
+    def one_runs_two_quotes() -> list[dict[str, Any]] | None:
+        orders = two_quotes(fleet, "q-fills")
+        return orders if orders and len({run_of(o["client_order_id"]) for o in orders}) == 1 \
+            else None
+
+    wait_for(one_runs_two_quotes, 60, f"only the current run's two quotes working ({context})")
