@@ -46,12 +46,26 @@ SAVE_EVERY_S = 1.0
 
 class SavedSession:
     """The trader's session as its runs hand it on, in `DATA_DIR/traders/<name>.session.json`:
-    `{"session_id", "account", "pnl"}`, `pnl` being the trader's `PnlLedger.state()` (with
-    the session's last seq the ledger saw, where a new run resumes)."""
+    `{"session_id", "account", "pnl", "epoch"}`, `pnl` being the trader's
+    `PnlLedger.state()` (with the session's last seq the ledger saw, where a new run
+    resumes) and `epoch` the worker epoch of the run that wrote it.
 
-    def __init__(self, data_dir: Path, name: str) -> None:
+    The epoch fences the session: a run of an older worker (a zombie still running after its
+    replacement started) finds a newer epoch in the file, writes nothing more and stops,
+    instead of taking the session back from its successor."""
+
+    def __init__(self, data_dir: Path, name: str, epoch: int = 0) -> None:
         self.path = data_dir / "traders" / f"{name}.session.json"
+        self.epoch = epoch
         self._written: bytes | None = None
+
+    def superseded(self) -> bool:
+        """Whether a worker of a newer epoch has written the session since."""
+        try:
+            epoch = orjson.loads(self.path.read_bytes()).get("epoch", 0)
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(epoch, int) and epoch > self.epoch
 
     def load(self, account: str) -> tuple[str, PnlLedger] | None:
         """(session_id, ledger) an earlier run left on `account`, if any."""
@@ -70,19 +84,23 @@ class SavedSession:
             return None
         return session_id, ledger
 
-    def save(self, session_id: str | None, account: str | None, ledger: PnlLedger) -> None:
+    def save(self, session_id: str | None, account: str | None, ledger: PnlLedger) -> bool:
+        """Record the session if it changed; False when a newer run has it (superseded)."""
+        if self.superseded():
+            return False
         if session_id is None or account is None:
-            return
+            return True
         data = orjson.dumps({"session_id": session_id, "account": account,
-                             "pnl": ledger.state()})
+                             "pnl": ledger.state(), "epoch": self.epoch})
         if data == self._written:
-            return
+            return True
         try:
             write_atomic(self.path, data.decode())
         except OSError as exc:  # the next run then starts a session anew: no crash for it
             log.warning("session_not_saved", path=str(self.path), error=str(exc))
-            return
+            return True
         self._written = data
+        return True
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -132,6 +150,7 @@ class TraderService(WorkerService):
         self.status = "standby"
         self.last_error: str | None = None
         self.ledger = PnlLedger()
+        self.superseded = False  # a newer worker took this trader's session: this one stopped
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -194,18 +213,27 @@ class TraderService(WorkerService):
         return client
 
     async def _keep_saving(self, client: Any, saved: SavedSession) -> None:
-        while True:
-            saved.save(client.session_id, client.account, self.ledger)
+        while saved.save(client.session_id, client.account, self.ledger):
             await asyncio.sleep(SAVE_EVERY_S)
+        # A newer worker runs this trader on this session: this run sends nothing more (its
+        # strategy's on_stop would cancel what is now the successor's) and ends.
+        log.warning("superseded", by="a worker of a newer epoch", path=str(saved.path))
+        self.superseded = True
+        await client.close()
+        self._stop.set()
 
     async def _run(self, section: TraderSection) -> None:
-        saved = SavedSession(self.ctx.data_dir, section.name)
+        saved = SavedSession(self.ctx.data_dir, section.name, self.ctx.epoch)
         session_id: str | None = None
         earlier = saved.load(section.account)
         if earlier is not None:
             session_id, self.ledger = earlier
         delay = 0.2
         while not self._stop.is_set():
+            if saved.superseded():
+                log.warning("superseded", by="a worker of a newer epoch", path=str(saved.path))
+                self.superseded = True
+                break
             self.status = "connecting"
             try:
                 client = await self._connect(section, saved, session_id)
@@ -228,6 +256,8 @@ class TraderService(WorkerService):
                 self.status = "running"
                 await run_strategy(self.strategy, hosted, self._stop)
             except Exception as exc:
+                if self.superseded:  # its client was closed under it, on purpose
+                    break
                 self.status = "failed"
                 self.last_error = str(exc)[:200]
                 log.exception("strategy failed")
@@ -239,7 +269,7 @@ class TraderService(WorkerService):
                     await saving
                 saved.save(client.session_id, client.account, self.ledger)
                 await client.close()
-        self.status = "stopped"
+        self.status = "superseded" if self.superseded else "stopped"
 
     async def _take_over(self, client: Any, section: TraderSection) -> None:
         """Before a run starts: the working orders an earlier run left in the trader's session

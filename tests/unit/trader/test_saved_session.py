@@ -102,3 +102,19 @@ def test_a_folder_that_cannot_be_written_is_no_crash(tmp_path: Path) -> None:
     saved = SavedSession(tmp_path, "quoter")
     saved.save("desk.t1", "paper-1", PnlLedger())  # logged, not raised
     assert saved.load("paper-1") is None
+
+
+def test_a_run_of_an_older_worker_is_fenced_off_by_a_newer_ones_save(tmp_path: Path) -> None:
+    ledger = PnlLedger()
+    zombie = SavedSession(tmp_path, "quoter", epoch=3)
+    assert zombie.save("desk.t1", "paper-1", ledger) and not zombie.superseded()
+    successor = SavedSession(tmp_path, "quoter", epoch=7)
+    assert successor.save("desk.t1", "paper-1", ledger)
+    # The old run must neither write (its stale PnL and seq) nor take the session back.
+    ledger.observe(filled("c9", "buy", "1", "100", seq=30))
+    assert zombie.superseded() and not zombie.save("desk.t1", "paper-1", ledger)
+    loaded = successor.load("paper-1")
+    assert loaded is not None and loaded[1].last_seq == 0
+    assert not successor.superseded()
+    # The same worker running its trader again (a crashed strategy) is not fenced.
+    assert SavedSession(tmp_path, "quoter", epoch=7).save("desk.t1", "paper-1", ledger)
