@@ -384,6 +384,11 @@ def test_the_hosted_trader_trades_on_the_paper_exchange(fleet: RunningFleet) -> 
     info = wait_for(trading, 120, "the hosted moving-average trader to trade")
     assert info["trader"] == "ma-cross" and info["account"] == "paper-1"
     assert info["errors"] == 0
+    # The operator sees it in `tradefleet status`, with its own PnL.
+    status = fleet.cli("status")
+    assert status.returncode == 0, status.stderr
+    [row] = [line for line in status.stdout.splitlines() if line.startswith("ma-cross ")]
+    assert row.split()[3:5] == ["paper-1", "running"]
     # Its orders reached the position manager under its tag (the trader's name).
     path = fleet.data_dir / "journal" / "paper-1.sqlite"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:

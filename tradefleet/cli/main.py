@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tradefleet.cli.api import CliError, OperatorApi, find_infra_url, find_token
-from tradefleet.cli.tables import render_accounts, render_fleet, table
+from tradefleet.cli.tables import render_accounts, render_fleet, render_traders, table
 from tradefleet.config import ConfigError, load_config
 
 DEFAULT_DATA_DIR = Path(".tradefleet")
@@ -140,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
     api = _api(args)
     if args.command == "status":
         fleet = api.request("GET", "/v1/fleet")
-        accounts = render_accounts(fleet)
-        _print(args, fleet, render_fleet(fleet) + ("\n" + accounts if accounts else ""))
+        extra = [part for part in (render_accounts(fleet), render_traders(fleet)) if part]
+        _print(args, fleet, render_fleet(fleet) + "".join("\n" + part for part in extra))
     elif args.command == "spawn":
         location = _only_location(api, args.location)
         body = {"count": args.n, "request_id": args.request_id or uuid.uuid4().hex}

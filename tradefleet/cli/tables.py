@@ -72,6 +72,37 @@ def render_accounts(fleet: dict[str, Any]) -> str:
          "KILL", "POSITIONS"], rows) + "\n"
 
 
+def render_traders(fleet: dict[str, Any]) -> str:
+    """Per hosted trader (from its Trader worker's status): status and its own PnL."""
+    rows = []
+    for loc in fleet.get("locations", []):
+        for m in loc.get("managers", []):
+            for w in m.get("workers", []):
+                info = w.get("info", {})
+                if w.get("kind") != "trader" or not info.get("trader"):
+                    continue
+                pnl = info.get("pnl") or {}
+                lines = pnl.get("instruments") or {}
+                positions = ", ".join(
+                    f"{k} {v['position']} @ {v.get('avg_cost') or '-'}"
+                    for k, v in sorted(lines.items())) or "flat"
+                totals = pnl.get("totals") or {}
+                realized = ", ".join(f"{t.get('realized')} {c}"
+                                     for c, t in sorted(totals.items())) or "0"
+                unrealized = ", ".join(f"{t.get('unrealized') or '-'} {c}"
+                                       for c, t in sorted(totals.items())) or "0"
+                status = str(info.get("status", "-"))
+                if info.get("last_error"):
+                    status += f" ({str(info['last_error'])[:60]})"
+                rows.append([str(info["trader"]), loc["name"], w["id"],
+                             str(info.get("account", "-")), status,
+                             str(pnl.get("fills", 0)), positions, realized, unrealized])
+    if not rows:
+        return ""
+    return table(["TRADER", "LOCATION", "WORKER", "ACCOUNT", "STATUS", "FILLS", "POSITIONS",
+                  "REALIZED", "UNREALIZED"], rows) + "\n"
+
+
 def _fleet_kill_switch_lines(fleet: dict[str, Any]) -> list[str]:
     """One line per location whose BrokerManager holds the fleet-wide kill switch on."""
     lines = []
