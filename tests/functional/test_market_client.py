@@ -4,6 +4,7 @@ MarketManager: trading, typed events, errors, and resume without loss or duplica
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -343,5 +344,56 @@ async def test_a_network_blip_resumes_on_the_same_market_and_trading_goes_on(
         assert client.connected and handle.filled_qty == Decimal("0.1")
         assert await next_of(client, BookSnapshot)  # the stream's fresh snapshot on resume
     finally:
+        await client.close()
+        await proxy.stop()
+
+
+async def test_trading_through_repeated_network_blips_loses_and_doubles_nothing(
+        platform: Platform) -> None:
+    # The connection between the algo and its (living) Market is cut again and again at
+    # random moments while orders stream; every resume lands on the same Market, which holds
+    # the session and its book stream. Each order is answered, each event comes once, in
+    # seq order. (Seeded: the seed is in the failure message.)
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    market = platform.markets[0]
+    proxy = TcpProxy(int(market.url.rsplit(":", 1)[1]))
+    await proxy.start()
+    platform.manager.via[market.ws_url] = f"ws://127.0.0.1:{proxy.port}/v1/session"
+    client = await platform.client(request_timeout_s=3)
+    seqs: list[int] = []
+
+    async def consume() -> None:
+        async for event in client.events():
+            seq = getattr(event, "seq", None)
+            if isinstance(seq, int):
+                seqs.append(seq)
+
+    async def cut_now_and_then() -> None:
+        for _ in range(15):
+            await asyncio.sleep(rng.uniform(0.01, 0.15))  # the blips' pace, not a wait
+            proxy.cut()
+
+    consumer = asyncio.create_task(consume())
+    try:
+        await client.subscribe("BTC/USD", "book", depth=2)
+        await platform.broker.push_market(SNAPSHOT)
+        cutter = asyncio.create_task(cut_now_and_then())
+        handles = []
+        while not cutter.done():
+            handles.append(await client.place_order("BTC/USD", "buy", "0.1", price="100"))
+            await asyncio.sleep(rng.uniform(0, 0.02))  # the algo's pace, not a wait
+        await cutter
+        context = f"seed {seed}, {len(handles)} orders, {proxy.accepted} connections"
+        for handle in handles:
+            await handle.filled(timeout=15)
+        assert proxy.accepted > 5, context
+        # Each order: accepted then filled, two events; all of them once, in order.
+        await wait_for(lambda: len(seqs) >= 2 * len(handles), timeout=10, what=context)
+        assert seqs == list(range(1, 2 * len(handles) + 1)), context
+        assert len(platform.broker.journal.orders) == len(handles), context
+        assert all(len(h.fills) == 1 for h in handles), context
+    finally:
+        consumer.cancel()
         await client.close()
         await proxy.stop()

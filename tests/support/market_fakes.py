@@ -233,8 +233,8 @@ class FakeBroker:
         orders = self.journal.orders
         if kind == "new_order":
             cid = msg["client_order_id"]
-            if cid in orders:  # idempotent: the state as it is
-                await self.emit(session_id, snapshot_of(orders[cid]))
+            if cid in orders:  # idempotent: the state as it is, an answer without a seq
+                await self._answer(session_id, snapshot_of(orders[cid]))
                 return
             accepted = order_event("order_accepted", msg, "accepted")
             orders[cid] = accepted
@@ -257,6 +257,9 @@ class FakeBroker:
                 await self._answer(session_id, {
                     "type": "error", "code": "order_not_found", "client_order_id": cid,
                     "message": f"no order {cid!r}"})
+                return
+            if order["status"] in ("filled", "cancelled", "rejected", "expired"):
+                await self._answer(session_id, snapshot_of(order))  # as the Broker does
                 return
             cancelled = order_event("order_cancelled", order, "cancelled",
                                     filled=order["filled_qty"], reason="requested")
