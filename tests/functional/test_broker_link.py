@@ -151,15 +151,15 @@ class RunningBroker:
         return self.url.replace("http://", "ws://") + "/v1/link"
 
 
-def start_broker(exchange: Exchange, account: str, epoch: int, **config: Any
-                 ) -> AbstractAsyncContextManager[RunningBroker]:
+def start_broker(exchange: Exchange, account: str, epoch: int, *, token: str = TOKEN,
+                 **config: Any) -> AbstractAsyncContextManager[RunningBroker]:
     @asynccontextmanager
     async def running() -> AsyncIterator[RunningBroker]:
         ctx = WorkerContext(worker_id=f"broker-{epoch}", kind=WorkerKind.BROKER, epoch=epoch,
                             location="local", manager_url="http://127.0.0.1:9",
                             data_dir=exchange.data_dir,
                             config=fleet_config(account, **config))
-        service = BrokerService(ctx, service_token=TOKEN)
+        service = BrokerService(ctx, service_token=token)
         app = make_app()
         service.add_routes(app)
         runner = web.AppRunner(app, access_log=None)

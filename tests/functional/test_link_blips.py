@@ -1,0 +1,172 @@
+"""Network blips on both hops of the data plane, nothing dying: the algo's SDK ⇄ Market and
+Market ⇄ Broker connections are cut again and again at random moments while the algo
+trades (resting orders, cancels, modifies, market orders). Real parts on loopback: the SDK,
+a Market worker and a Broker worker service (in this process, as their runtimes serve
+them), the paper exchange process; fakes only for the two managers' lookups. Every cut
+connection is re-opened by the side that opened it. Afterwards every order ended as the
+exchange says, every fill was seen once, and order events came once each in seq order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.functional.test_broker_link import start_broker, start_exchange
+from tests.support.market_fakes import (
+    SERVICE_TOKEN,
+    FakeBrokerManager,
+    FakeMarketManager,
+    point_at_broker_manager,
+    start_market,
+)
+from tests.support.tcp_proxy import TcpProxy
+from tradefleet.client import MarketClient, OrderHandle, ReconnectPolicy
+
+pytestmark = pytest.mark.timeout(120)
+
+ACCOUNT = "blips-1"
+API_TOKEN = "blips-api-token"
+CONFIG = f"""
+log_level = "WARNING"
+[security]
+join_token = "{SERVICE_TOKEN}"
+[paper]
+maker_fee_bps = 0
+taker_fee_bps = 0
+"""
+CUTS = 24
+QTY = Decimal("0.01")
+
+
+class Venue:
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.base = f"{url}/v1/accounts/{ACCOUNT}"
+        self.http = http
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(self.base + path,
+                                 headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}) as resp:
+            return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    exchange = start_exchange(tmp_path, CONFIG)
+    brokers = FakeBrokerManager()
+    await brokers.start()
+    point_at_broker_manager(tmp_path, brokers)
+    markets = FakeMarketManager({API_TOKEN: ("alice", [ACCOUNT])})
+    await markets.start()
+    try:
+        async with start_broker(exchange, ACCOUNT, 1, token=SERVICE_TOKEN) as broker:
+            await broker.service.configure({"assign": {"account": ACCOUNT}})
+            link_proxy = TcpProxy(int(broker.url.rsplit(":", 1)[1]))
+            await link_proxy.start()
+            brokers.accounts[ACCOUNT] = {"worker_id": "broker-1", "epoch": 1, "state": "up",
+                                         "url": f"http://127.0.0.1:{link_proxy.port}"}
+            market = await start_market(tmp_path)
+            algo_proxy = TcpProxy(int(market.url.rsplit(":", 1)[1]))
+            await algo_proxy.start()
+            markets.markets.append(market)
+            markets.via[market.ws_url] = f"ws://127.0.0.1:{algo_proxy.port}/v1/session"
+            try:
+                yield {"exchange": exchange, "markets": markets, "link": link_proxy,
+                       "algo": algo_proxy}
+            finally:
+                await market.stop()
+                await algo_proxy.stop()
+                await link_proxy.stop()
+    finally:
+        await markets.stop()
+        await brokers.stop()
+        exchange.stop()
+
+
+async def trade(client: MarketClient, rng: random.Random, handles: list[OrderHandle],
+                stop: asyncio.Event, mid: Decimal) -> None:
+    while not stop.is_set():
+        working = [h for h in handles if h.status.value in ("accepted", "partially_filled")]
+        roll = rng.random()
+        if roll < 0.4 or not working:
+            side = rng.choice(["buy", "sell"])
+            away = Decimal(rng.randint(50, 500))  # rests: far from the market
+            price = mid - away if side == "buy" else mid + away
+            handles.append(await client.place_order("BTC/USD", side, QTY, price))
+        elif roll < 0.55:
+            handles.append(await client.place_order("BTC/USD", rng.choice(["buy", "sell"]), QTY,
+                                                    order_type="market", time_in_force="IOC"))
+        elif roll < 0.8:
+            await client.cancel_order(rng.choice(working).client_order_id)
+        else:
+            target = rng.choice(working)
+            if target.price is not None:
+                step = Decimal(-10) if target.side.value == "buy" else Decimal(10)
+                await client.modify_order(target.client_order_id, price=target.price + step)
+        await asyncio.sleep(rng.uniform(0.005, 0.03))  # the algo's pace, not a wait
+
+
+async def test_trading_through_blips_on_both_hops_loses_and_doubles_nothing(
+        world: dict[str, Any]) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    client = await MarketClient.connect(world["markets"].url, API_TOKEN, account=ACCOUNT,
+                                        policy=ReconnectPolicy(initial_s=0.02, maximum_s=0.3),
+                                        request_timeout_s=5)
+    handles: list[OrderHandle] = []
+    stop = asyncio.Event()
+    try:
+        await client.subscribe("BTC/USD", "ticker")
+        ticker = None
+        async with asyncio.timeout(20):
+            async for event in client.events():
+                if event.type == "ticker" and event.bid is not None and event.ask is not None:
+                    ticker = event
+                    break
+        assert ticker is not None and ticker.bid is not None and ticker.ask is not None
+        mid = ((ticker.bid + ticker.ask) / 2).quantize(Decimal("0.1"))
+        trader = asyncio.create_task(trade(client, rng, handles, stop, mid))
+        for _ in range(CUTS):
+            await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
+            world[rng.choice(["link", "algo"])].cut()
+        stop.set()
+        await trader
+        context = (f"seed {seed}; {len(handles)} orders; connections: algo "
+                   f"{world['algo'].accepted}, link {world['link'].accepted}")
+        async with asyncio.timeout(60):  # cancel what works until everything is finished
+            while not all(h.is_done for h in handles):
+                for handle in handles:
+                    if not handle.is_done and "cancel_order" not in handle.unconfirmed:
+                        await client.cancel_order(handle.client_order_id)
+                await asyncio.wait([asyncio.ensure_future(h.done()) for h in handles
+                                    if not h.is_done], timeout=2)
+        assert len(handles) > 30 and world["algo"].accepted > 3 and \
+            world["link"].accepted > 3, context
+        async with aiohttp.ClientSession() as http:
+            venue = Venue(world["exchange"].url, http)
+            for handle in handles:
+                status, body = await venue.get(f"/orders/{handle.client_order_id}")
+                if status == 404:
+                    assert handle.status.value == "rejected", (context, handle, handle.events)
+                    continue
+                order = body["order"]
+                mine = (handle.status.value, handle.filled_qty, handle.price)
+                theirs = (order["status"], Decimal(order["filled_qty"]),
+                          Decimal(order["price"]) if order.get("price") else None)
+                assert mine == theirs, (context, handle.client_order_id, handle.events)
+                ids = [f.fill_id for f in handle.fills]
+                assert len(ids) == len(set(ids)), (context, handle)
+            status, working = await venue.get("/orders?open=1")
+            assert working["orders"] == [], context
+        seqs = sorted(e.seq for h in handles for e in h.events if e.seq is not None)
+        assert seqs == list(range(1, len(seqs) + 1)), context
+    finally:
+        stop.set()
+        await client.close()
