@@ -1,6 +1,6 @@
-"""Network blips on both hops of the data plane, nothing dying: the algo's SDK ⇄ Market and
-Market ⇄ Broker connections are cut again and again at random moments while the algo
-trades (resting orders, cancels, modifies, market orders). Real parts on loopback: the SDK,
+"""Network blips on every hop of the data plane, nothing dying: the algo's SDK ⇄ Market,
+Market ⇄ Broker and Broker ⇄ exchange connections are cut again and again at random moments
+while the algo trades (resting orders, cancels, modifies, market orders). Real parts on loopback: the SDK,
 a Market worker and a Broker worker service (in this process, as their runtimes serve
 them), the paper exchange process; fakes only for the two managers' lookups. Every cut
 connection is re-opened by the side that opened it. Afterwards every order ended as the
@@ -42,7 +42,7 @@ join_token = "{SERVICE_TOKEN}"
 maker_fee_bps = 0
 taker_fee_bps = 0
 """
-CUTS = 24
+CUTS = 30
 QTY = Decimal("0.01")
 
 
@@ -60,6 +60,10 @@ class Venue:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     exchange = start_exchange(tmp_path, CONFIG)
+    # The Broker finds the exchange through run/paper.url: pointed at a relay instead.
+    venue_proxy = TcpProxy(int(exchange.url.rsplit(":", 1)[1]))
+    await venue_proxy.start()
+    (tmp_path / "run" / "paper.url").write_text(f"http://127.0.0.1:{venue_proxy.port}\n")
     brokers = FakeBrokerManager()
     await brokers.start()
     point_at_broker_manager(tmp_path, brokers)
@@ -79,7 +83,7 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             markets.via[market.ws_url] = f"ws://127.0.0.1:{algo_proxy.port}/v1/session"
             try:
                 yield {"exchange": exchange, "markets": markets, "link": link_proxy,
-                       "algo": algo_proxy}
+                       "algo": algo_proxy, "venue": venue_proxy}
             finally:
                 await market.stop()
                 await algo_proxy.stop()
@@ -87,6 +91,7 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     finally:
         await markets.stop()
         await brokers.stop()
+        await venue_proxy.stop()
         exchange.stop()
 
 
@@ -113,7 +118,7 @@ async def trade(client: MarketClient, rng: random.Random, handles: list[OrderHan
         await asyncio.sleep(rng.uniform(0.005, 0.03))  # the algo's pace, not a wait
 
 
-async def test_trading_through_blips_on_both_hops_loses_and_doubles_nothing(
+async def test_trading_through_blips_on_every_hop_loses_and_doubles_nothing(
         world: dict[str, Any]) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -135,11 +140,12 @@ async def test_trading_through_blips_on_both_hops_loses_and_doubles_nothing(
         trader = asyncio.create_task(trade(client, rng, handles, stop, mid))
         for _ in range(CUTS):
             await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
-            world[rng.choice(["link", "algo"])].cut()
+            world[rng.choice(["link", "algo", "venue"])].cut()
         stop.set()
         await trader
         context = (f"seed {seed}; {len(handles)} orders; connections: algo "
-                   f"{world['algo'].accepted}, link {world['link'].accepted}")
+                   f"{world['algo'].accepted}, link {world['link'].accepted}, venue "
+                   f"{world['venue'].accepted}")
         async with asyncio.timeout(60):  # cancel what works until everything is finished
             while not all(h.is_done for h in handles):
                 for handle in handles:
