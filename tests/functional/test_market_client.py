@@ -397,3 +397,26 @@ async def test_trading_through_repeated_network_blips_loses_and_doubles_nothing(
         consumer.cancel()
         await client.close()
         await proxy.stop()
+
+
+async def test_a_market_manager_that_moved_is_found_through_a_callable_url(
+        platform: Platform) -> None:
+    where = {"url": platform.manager.url}
+    client = await MarketClient.connect(lambda: where["url"], API_TOKEN,
+                                        policy=ReconnectPolicy(initial_s=0.02, maximum_s=0.2))
+    moved = FakeMarketManager({API_TOKEN: ("acme", ["paper-1"])})
+    moved.markets = platform.manager.markets  # the same Market workers behind it
+    await moved.start()
+    try:
+        await platform.manager.stop()  # restarted elsewhere: its old address is dead
+        where["url"] = moved.url
+        await platform.add_market("market-2")
+        first = platform.markets[0]
+        platform.manager.markets.remove(first)
+        await first.stop()  # the algo must resume, and only the moved manager can place it
+        handle = await client.place_order("BTC/USD", "buy", "0.1", price="100")
+        await handle.filled(timeout=10)
+        assert moved.requests and moved.requests[-1]["session_id"] == client.session_id
+    finally:
+        await client.close()
+        await moved.stop()

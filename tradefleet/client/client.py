@@ -32,6 +32,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
@@ -148,12 +149,12 @@ class MarketClient:
     """An algo session. Create with `await MarketClient.connect(...)`; close with `close()`
     or `async with`."""
 
-    def __init__(self, manager_url: str, api_token: str, *, account: str | None = None,
-                 policy: ReconnectPolicy | None = None, request_timeout_s: float = 10.0,
-                 max_queued_events: int = 100_000, give_up_after_s: float | None = None,
-                 trader_tag: str | None = None) -> None:
+    def __init__(self, manager_url: str | Callable[[], str], api_token: str, *,
+                 account: str | None = None, policy: ReconnectPolicy | None = None,
+                 request_timeout_s: float = 10.0, max_queued_events: int = 100_000,
+                 give_up_after_s: float | None = None, trader_tag: str | None = None) -> None:
         """Prefer `MarketClient.connect`, which also opens the session."""
-        self.manager_url = manager_url
+        self._manager_url = manager_url
         self.account = account
         self.trader_tag = trader_tag
         """The session's trader tag (fixed for the session's life; sent on every resume)."""
@@ -197,14 +198,29 @@ class MarketClient:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def manager_url(self) -> str:
+        """The MarketManager's URL: as given, or as the callable given answers now. Raises
+        `ConnectionLost` (retried on a reconnect) when the callable cannot answer."""
+        source = self._manager_url
+        if isinstance(source, str):
+            return source
+        try:
+            return source()
+        except Exception as exc:  # e.g. the URL file is being rewritten
+            raise ConnectionLost(f"MarketManager URL unknown: {exc!r}") from exc
+
     @classmethod
-    async def connect(cls, manager_url: str, api_token: str, account: str | None = None, *,
+    async def connect(cls, manager_url: str | Callable[[], str], api_token: str,
+                      account: str | None = None, *,
                       policy: ReconnectPolicy | None = None, request_timeout_s: float = 10.0,
                       max_queued_events: int = 100_000, give_up_after_s: float | None = None,
                       session_id: str | None = None,
                       resume_from_seq: int | None = None,
                       trader_tag: str | None = None) -> MarketClient:
         """Open a session through the MarketManager at `manager_url` with an algo API token.
+        `manager_url` may be a callable answering the URL: it is asked again before every
+        reconnection, so a MarketManager that moved (e.g. a URL file it rewrites) is found.
 
         `account` defaults to the customer's first account. `session_id` resumes an existing
         session (e.g. after the algo process restarted): the server replays the session's

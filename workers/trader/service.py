@@ -194,7 +194,9 @@ class TraderService(WorkerService):
         account's."""
         from tradefleet.client import ConnectionLost, MarketClient
 
-        url, token = self._manager_url(), self._api_token(section.customer)
+        # The URL is looked up again before every reconnection: a MarketManager restarted
+        # at another address (its old port taken meanwhile) is found.
+        url, token = self._manager_url, self._api_token(section.customer)
         if session_id is not None:
             try:
                 return await MarketClient.connect(url, token, account=section.account,
