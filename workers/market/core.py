@@ -112,8 +112,10 @@ class AccountLink:
     last_ticker: dict[str, bytes] = field(default_factory=dict)
     sessions: set[str] = field(default_factory=set)
     outbox: list[bytes] = field(default_factory=list)
-    held: list[bytes] = field(default_factory=list)
-    """Order requests received while the link was down, sent when it comes up."""
+    signalling: dict[tuple[str, str], _Unanswered] = field(default_factory=dict)
+    """Signal routes with no answer yet, by (session, signal_id): sent (again) when a link
+    comes up, until the Broker's `signal_accepted` / `signal_rejected` for it; a signal_id is
+    its idempotency key, so a copy changes nothing. Kept for `unanswered_ttl_s` at most."""
     unanswered: dict[tuple[str, str], _Unanswered] = field(default_factory=dict)
     """new_order routes with no answer yet, by (session, client_order_id): re-sent (the
     Broker is idempotent on client_order_id) when a dropped link comes back; timed for the
@@ -126,6 +128,14 @@ class AccountLink:
     with it. A copy already carried out changes nothing: the Broker answers a cancel of a
     cancelled order, and a modify to the order's present qty and price, with its state.
     Kept for `unanswered_ttl_s` at most, like new_orders."""
+
+
+def _signal_answered(link: AccountLink, session_id: str, event: dict[str, Any]) -> None:
+    """Forget the signal `event` (from the Broker) answers, if it is a signal's answer."""
+    signal_id = event.get("signal_id")
+    if event.get("type") in ("signal_accepted", "signal_rejected") and \
+            isinstance(signal_id, str):
+        link.signalling.pop((session_id, signal_id), None)
 
 
 def _amendment_answered(link: AccountLink, key: tuple[str, str], event: dict[str, Any]) -> None:
@@ -511,11 +521,16 @@ class MarketCore:
                 if link.ready:
                     self._to_link(link, frame)
                 return
+        elif isinstance(request, Signal):
+            key = (session.session_id, request.signal_id)
+            if link.ready or key in link.signalling or \
+                    len(link.signalling) < self.settings.max_held_requests:
+                link.signalling[key] = _Unanswered(frame, now)
+                if link.ready:
+                    self._to_link(link, frame)
+                return
         elif link.ready:
             self._to_link(link, frame)
-            return
-        elif isinstance(request, Signal) and len(link.held) < self.settings.max_held_requests:
-            link.held.append(frame)
             return
         self._emit(conn, _error(
             ErrorCode.UNAVAILABLE,
@@ -527,7 +542,8 @@ class MarketCore:
 
     def link_up(self, account: str, welcome: LinkWelcome) -> None:
         """The account's Broker link is open and welcomed. Resubscribes every stream, asks a
-        replay for every attached session, and sends the requests held meanwhile."""
+        replay for every attached session, and sends (again) the new_orders, amendments and
+        signals not answered yet."""
         link = self.link(account)
         if link.epoch is not None and welcome.epoch != link.epoch:
             log.info("broker epoch changed", account=account, old_epoch=link.epoch,
@@ -548,9 +564,8 @@ class MarketCore:
             for kind in ("modify_order", "cancel_order"):  # a cancel goes last, as intended
                 if kind in amendments:
                     self._to_link(link, amendments[kind][0])
-        for frame in link.held:
-            self._to_link(link, frame)
-        link.held.clear()
+        for entry in link.signalling.values():
+            self._to_link(link, entry.frame)
 
     def link_down(self, account: str) -> None:
         """The account's Broker link dropped; the shell re-opens it."""
@@ -689,6 +704,8 @@ class MarketCore:
                 self.latency.add((now - entry.sent_at) * 1e6)
             if link.amending:
                 _amendment_answered(link, (session.session_id, client_order_id), event)
+        if link.signalling:
+            _signal_answered(link, session.session_id, event)
         conn = session.conn
         if conn is None:
             return  # detached: the resume replays it
@@ -710,6 +727,8 @@ class MarketCore:
                 link.unanswered.pop((session.session_id, client_order_id), None)
                 if link.amending:
                     _amendment_answered(link, (session.session_id, client_order_id), event)
+            if link.signalling:
+                _signal_answered(link, session.session_id, event)
             seq = event.get("seq")
             if isinstance(seq, int):
                 items.append((seq, orjson.dumps(event)))
@@ -752,7 +771,7 @@ class MarketCore:
 
     def expire(self, now: float) -> None:
         """Forget sessions detached for longer than the grace period (their streams too),
-        and stop re-sending new_orders and amendments nobody answered for
+        and stop re-sending new_orders, amendments and signals nobody answered for
         `unanswered_ttl_s`."""
         cutoff = now - self.settings.detached_grace_s
         for session in [s for s in self.sessions.values()
@@ -760,8 +779,9 @@ class MarketCore:
             self._forget(session)
         stale = now - self.settings.unanswered_ttl_s
         for link in self.links.values():
-            for key in [k for k, e in link.unanswered.items() if e.sent_at <= stale]:
-                del link.unanswered[key]
+            for pending in (link.unanswered, link.signalling):
+                for key in [k for k, e in pending.items() if e.sent_at <= stale]:
+                    del pending[key]
             for key, amendments in list(link.amending.items()):
                 for kind in [k for k, (_, at) in amendments.items() if at <= stale]:
                     del amendments[kind]

@@ -489,6 +489,43 @@ def test_a_signal_is_routed_like_an_order_and_only_for_the_sessions_account() ->
     assert read(a) == [accepted]
 
 
+def test_signals_the_broker_has_not_answered_go_again_when_the_link_is_back() -> None:
+    # A signal forwarded just before the link dropped may never have reached the Broker:
+    # sent again on the new link until answered (its signal_id makes a copy harmless).
+    h = Harness()
+    a = h.session("s-a")
+    read(a)
+    h.core.take_link_frames()
+
+    def signal(signal_id: str) -> dict[str, Any]:
+        return {"type": "signal", "signal_id": signal_id, "account": ACCOUNT,
+                "instrument": "BTC/USD", "target_qty": "0.1"}
+
+    for sid in ("g-1", "g-2", "g-3"):
+        assert h.send(a, **signal(sid)) == []
+    h.send(a, **signal("g-3"))  # the SDK's copy after a resume: still one to answer
+    h.from_broker(type="session_event", session_id="s-a", event={
+        "type": "signal_accepted", "account": ACCOUNT, "signal_id": "g-1",
+        "instrument": "BTC/USD", "target_qty": "0.1", "position_qty": "0", "seq": 1, "ts": 1})
+    assert [e["signal_id"] for e in read(a)] == ["g-1"]
+    h.core.link_down(ACCOUNT)
+    assert h.send(a, **signal("g-4")) == []  # while the link is down: held
+    h.core.link_up(ACCOUNT, WELCOME.model_copy(update={"epoch": 2}))
+    again = [f["msg"]["signal_id"] for f in link_frames(h.core) if f["type"] == "route"]
+    assert again == ["g-2", "g-3", "g-4"]
+    h.from_broker(type="replayed", session_id="s-a", last_seq=2, events=[{
+        "type": "signal_rejected", "account": ACCOUNT, "signal_id": "g-2", "code": "limit",
+        "message": "over the limit", "seq": 2, "ts": 2}])
+    h.core.link_down(ACCOUNT)
+    h.core.link_up(ACCOUNT, WELCOME.model_copy(update={"epoch": 3}))
+    again = [f["msg"]["signal_id"] for f in link_frames(h.core) if f["type"] == "route"]
+    assert again == ["g-3", "g-4"]
+    h.core.expire(h.now + MarketSettings().unanswered_ttl_s + 1)  # then given up on
+    h.core.link_down(ACCOUNT)
+    h.core.link_up(ACCOUNT, WELCOME.model_copy(update={"epoch": 4}))
+    assert [f for f in link_frames(h.core) if f["type"] == "route"] == []
+
+
 def test_the_sessions_trader_tag_is_stamped_on_what_it_routes_and_cannot_be_forged() -> None:
     h = Harness()
     tagged = h.core.connect(SessionClaims("s-t", "acme", ACCOUNT, 2**40, "scalper"), h.now)
