@@ -26,6 +26,7 @@ from tests.support.market_fakes import (
     FakeMarketManager,
     point_at_broker_manager,
     start_market,
+    wait_for,
 )
 from tests.support.tcp_proxy import TcpProxy
 from tradefleet.client import MarketClient, OrderHandle, ReconnectPolicy
@@ -175,4 +176,67 @@ async def test_trading_through_blips_on_every_hop_loses_and_doubles_nothing(
         assert seqs == list(range(1, len(seqs) + 1)), context
     finally:
         stop.set()
+        await client.close()
+
+
+async def test_signals_through_blips_on_every_hop_are_answered_once_each(
+        world: dict[str, Any]) -> None:
+    # Signals (position targets the position manager trades towards with market orders) are
+    # re-sent after every resume until answered; the signal_id makes a copy harmless. Each
+    # signal gets one answer, the algo sees each answer and each entry order's events once,
+    # and the account's position is the exchange's.
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    client = await MarketClient.connect(world["markets"].url, API_TOKEN, account=ACCOUNT,
+                                        policy=ReconnectPolicy(initial_s=0.02, maximum_s=0.3),
+                                        request_timeout_s=10)
+    answers: dict[str, str] = {}
+    events: list[Any] = []
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in client.events():
+            if getattr(event, "seq", None) is not None:
+                events.append(event)
+
+    async def signal_on() -> None:
+        while not stop.is_set():
+            target = Decimal(rng.choice([-2, -1, 0, 1, 2])) * QTY
+            answer = await client.send_signal("BTC/USD", target_qty=target)
+            assert answer.signal_id not in answers
+            answers[answer.signal_id] = answer.type
+            await asyncio.sleep(rng.uniform(0.01, 0.05))  # the algo's pace, not a wait
+
+    consumer = asyncio.create_task(consume())
+    try:
+        await client.subscribe("BTC/USD", "ticker")
+        signaller = asyncio.create_task(signal_on())
+        for _ in range(CUTS):
+            await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
+            world[rng.choice(["link", "algo", "venue"])].cut()
+        stop.set()
+        await signaller
+        context = f"seed {seed}; {len(answers)} signals"
+        assert len(answers) > 10 and "signal_accepted" in answers.values(), (context, answers)
+        # Every entry order finishes (market orders), and every answer came as an event once.
+        await asyncio.wait_for(asyncio.gather(*(h.done() for h in client.orders.values())), 20)
+
+        def answered() -> list[str]:
+            return [e.signal_id for e in events if e.type in ("signal_accepted",
+                                                              "signal_rejected")]
+
+        await wait_for(lambda: len(answered()) >= len(answers), timeout=10, what=context)
+        assert sorted(answered()) == sorted(answers), context
+        seqs = [e.seq for e in events]
+        assert sorted(seqs) == list(range(1, len(seqs) + 1)), (context, seqs)
+        positions = {p.instrument: p.qty for p in (await client.positions()).positions}
+        async with aiohttp.ClientSession() as http:
+            status, ledger = await Venue(world["exchange"].url, http).get("/ledger")
+        assert status == 200, ledger
+        venue_qty = sum((Decimal(p["qty"]) for p in ledger["positions"]
+                         if p["instrument"] == "BTC/USD"), Decimal(0))
+        assert positions.get("BTC/USD", Decimal(0)) == venue_qty, context
+    finally:
+        stop.set()
+        consumer.cancel()
         await client.close()

@@ -420,3 +420,28 @@ async def test_a_market_manager_that_moved_is_found_through_a_callable_url(
     finally:
         await client.close()
         await moved.stop()
+
+
+async def test_a_query_waits_out_a_broker_failover_within_its_timeout(
+        platform: Platform) -> None:
+    # While the account's Broker link is down the Market answers queries `unavailable`; the
+    # SDK asks again until the query's timeout, so a failover is a delay, not an error.
+    async with await platform.client() as client:
+        await platform.broker.stop()
+        await wait_for(lambda: not platform.markets[0].service.core.link("paper-1").ready,
+                       what="the link seen down")
+        query = asyncio.create_task(client.positions(timeout=10))
+        await asyncio.sleep(0.3)  # the query meets the down link a few times, not a wait
+        assert not query.done()
+        replacement = FakeBroker(fill_orders=True, epoch=2, broker_id="broker-2")
+        await replacement.start()
+        platform.broker_manager.assign("paper-1", replacement)
+        try:
+            assert isinstance(await query, PositionsSnapshot)
+            with pytest.raises(RequestFailed, match="unavailable"):
+                await replacement.stop()
+                await wait_for(lambda: not platform.markets[0].service.core.link(
+                    "paper-1").ready, what="the link down again")
+                await client.open_orders(timeout=0.5)  # nobody comes back: the refusal
+        finally:
+            await replacement.stop()

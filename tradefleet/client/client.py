@@ -398,14 +398,15 @@ class MarketClient:
         `avg_price` of the open quantity, `realized_pnl` and `unrealized_pnl` (quote
         currency, exact decimals; unrealized is None without a market price) and `fees` per
         currency, as the account's position manager holds them (checked against the venue
-        after every reconnect)."""
-        answer: PositionsSnapshot = await self._request(
+        after every reconnect). Like every query, asked again while the account's Broker is
+        unavailable for a moment (a failover), until `timeout`."""
+        answer: PositionsSnapshot = await self._query(
             {"type": "get_positions", "account": self.account}, "positions", timeout)
         return answer
 
     async def balances(self, timeout: float | None = None) -> BalancesSnapshot:
         """The account's cash per currency now."""
-        answer: BalancesSnapshot = await self._request(
+        answer: BalancesSnapshot = await self._query(
             {"type": "get_positions", "account": self.account}, "balances", timeout)
         return answer
 
@@ -414,7 +415,7 @@ class MarketClient:
         """The account's working orders now (this customer's), oldest first. With
         `session_only`, only those this session placed — also before a restart, when the
         session is the same (a `trader_tag` session, or one resumed by `session_id`)."""
-        answer: OpenOrders = await self._request(
+        answer: OpenOrders = await self._query(
             {"type": "get_open_orders", "account": self.account,
              "session_only": session_only}, "open_orders", timeout)
         return answer.orders
@@ -506,6 +507,22 @@ class MarketClient:
                                  f"{timeout or self.request_timeout_s}s") from exc
         finally:
             self._pending.pop(ref, None)
+
+    async def _query(self, frame: dict[str, Any], expect: str, timeout: float | None) -> Any:
+        """A read-only request, asked again while the Market answers `unavailable` (the
+        account's Broker link is down for a moment: a failover, a network blip) until the
+        request's timeout; then the last refusal is raised."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.request_timeout_s)
+        delay = 0.05
+        while True:
+            try:
+                return await self._request(frame, expect, max(deadline - loop.time(), 0.001))
+            except RequestFailed as exc:
+                if exc.code != ErrorCode.UNAVAILABLE.value or loop.time() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _check_usable(self) -> None:
         if self._fatal is not None:
@@ -740,6 +757,11 @@ class MarketClient:
                 waiting = self._signals.get(event.signal_id)
                 if waiting is not None and not waiting[1].done():
                     waiting[1].set_result(event)
+                if event.seq is None:
+                    # The answer to a signal sent again: it answers `send_signal`, but the
+                    # event is the journaled answer, which comes with its seq (live, or in
+                    # the replay of a resume), so events() keeps its seq order.
+                    return
             key = ("exit_fired" if isinstance(event, ExitFired) else "signal_answer",
                    event.signal_id)
             if key in self._signal_events:

@@ -77,6 +77,24 @@ async def test_a_repeated_signal_gets_its_answer_without_a_second_event() -> Non
     await client.close()
 
 
+async def test_the_journaled_answer_is_the_event_when_the_repeats_answer_comes_first(
+        ) -> None:
+    # The first answer was lost with a link; the signal, sent again, is answered at once
+    # (no seq), and the journaled answer follows in the replay: one event, with its seq.
+    client = MarketClient("http://127.0.0.1:1", "token", account="paper-1")
+    answer = asyncio.create_task(client.send_signal("BTC/USD", direction="long", qty="1",
+                                                    stop_loss="90", signal_id="sig-1",
+                                                    timeout=5))
+    await asyncio.sleep(0)
+    await client._on_event(accepted())
+    assert (await answer).signal_id == "sig-1"
+    assert queued(client) == []
+    await client._on_event(accepted(seq=1))
+    await client._on_event(order_accepted(2))
+    assert queued(client) == [("signal_accepted", 1), ("order_accepted", 2)]
+    await client.close()
+
+
 async def test_resume_from_seq_needs_a_session() -> None:
     with pytest.raises(ValueError, match="session_id"):
         await MarketClient.connect("http://127.0.0.1:1", "token", resume_from_seq=3)
