@@ -96,6 +96,19 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         exchange.stop()
 
 
+async def connect(world: dict[str, Any], request_timeout_s: float) -> MarketClient:
+    return await MarketClient.connect(world["markets"].url, API_TOKEN, account=ACCOUNT,
+                                      policy=ReconnectPolicy(initial_s=0.02, maximum_s=0.3),
+                                      request_timeout_s=request_timeout_s)
+
+
+async def cut_at_random(world: dict[str, Any], rng: random.Random) -> None:
+    """`CUTS` cuts, each of one hop's connections, at random moments."""
+    for _ in range(CUTS):
+        await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
+        world[rng.choice(["link", "algo", "venue"])].cut()
+
+
 async def trade(client: MarketClient, rng: random.Random, handles: list[OrderHandle],
                 stop: asyncio.Event, mid: Decimal) -> None:
     while not stop.is_set():
@@ -123,9 +136,7 @@ async def test_trading_through_blips_on_every_hop_loses_and_doubles_nothing(
         world: dict[str, Any]) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    client = await MarketClient.connect(world["markets"].url, API_TOKEN, account=ACCOUNT,
-                                        policy=ReconnectPolicy(initial_s=0.02, maximum_s=0.3),
-                                        request_timeout_s=5)
+    client = await connect(world, request_timeout_s=5)
     handles: list[OrderHandle] = []
     stop = asyncio.Event()
     try:
@@ -139,9 +150,7 @@ async def test_trading_through_blips_on_every_hop_loses_and_doubles_nothing(
         assert ticker is not None and ticker.bid is not None and ticker.ask is not None
         mid = ((ticker.bid + ticker.ask) / 2).quantize(Decimal("0.1"))
         trader = asyncio.create_task(trade(client, rng, handles, stop, mid))
-        for _ in range(CUTS):
-            await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
-            world[rng.choice(["link", "algo", "venue"])].cut()
+        await cut_at_random(world, rng)
         stop.set()
         await trader
         context = (f"seed {seed}; {len(handles)} orders; connections: algo "
@@ -187,9 +196,7 @@ async def test_signals_through_blips_on_every_hop_are_answered_once_each(
     # and the account's position is the exchange's.
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    client = await MarketClient.connect(world["markets"].url, API_TOKEN, account=ACCOUNT,
-                                        policy=ReconnectPolicy(initial_s=0.02, maximum_s=0.3),
-                                        request_timeout_s=10)
+    client = await connect(world, request_timeout_s=10)
     answers: dict[str, str] = {}
     events: list[Any] = []
     stop = asyncio.Event()
@@ -211,9 +218,7 @@ async def test_signals_through_blips_on_every_hop_are_answered_once_each(
     try:
         await client.subscribe("BTC/USD", "ticker")
         signaller = asyncio.create_task(signal_on())
-        for _ in range(CUTS):
-            await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
-            world[rng.choice(["link", "algo", "venue"])].cut()
+        await cut_at_random(world, rng)
         stop.set()
         await signaller
         context = f"seed {seed}; {len(answers)} signals"

@@ -5,21 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.orders import Fill, OrderFilled
+from tests.unit.trader.test_pnl import fill, filled
 from tradefleet.cli.tables import render_traders
 from workers.trader.pnl import PnlLedger
-
-TS = 1_700_000_000_000_000_000
-
-
-def filled(cid: str, side: str, qty: str, price: str) -> OrderFilled:
-    fill = Fill(fill_id=f"f-{cid}", account="acct", client_order_id=cid, instrument="BTC/USD",
-                side=side, qty=qty, price=price, fee="0", fee_currency="USD",
-                liquidity="maker", ts=TS)
-    return OrderFilled(account="acct", client_order_id=cid, instrument="BTC/USD", side=side,
-                       order_type="limit", qty=qty, price=price, time_in_force="GTC",
-                       status="filled", filled_qty=qty, remaining_qty="0", avg_price=price,
-                       seq=1, ts=TS, fill=fill)
 
 
 def fleet_with(*workers: dict[str, Any]) -> dict[str, Any]:
@@ -28,8 +16,8 @@ def fleet_with(*workers: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_trader_row_shows_its_status_position_and_pnl() -> None:
     ledger = PnlLedger()
-    ledger.observe(filled("c1", "buy", "2", "100"))
-    ledger.observe(filled("c2", "sell", "1", "110"))
+    ledger.observe(filled(fill("buy", "2", "100", cid="c1")))
+    ledger.observe(filled(fill("sell", "1", "110", cid="c2")))
     info = {"trader": "quoter", "account": "paper-1", "status": "running",
             "pnl": ledger.report()}
     text = render_traders(fleet_with({"id": "t-1", "kind": "trader", "info": info},

@@ -24,11 +24,11 @@ def fill(side: str, qty: str, price: str, fee: str = "0", instrument: str = "BTC
                 fee_currency="USD", liquidity="taker", ts=TS)
 
 
-def filled(f: Fill) -> OrderFilled:
+def filled(f: Fill, seq: int = 1) -> OrderFilled:
     return OrderFilled(account="acct", client_order_id=f.client_order_id,
                        instrument=f.instrument, side=f.side, order_type="market", qty=f.qty,
                        time_in_force="IOC", status="filled", filled_qty=f.qty,
-                       remaining_qty="0", avg_price=f.price, seq=1, ts=TS, fill=f)
+                       remaining_qty="0", avg_price=f.price, seq=seq, ts=TS, fill=f)
 
 
 def report(ledger: PnlLedger, instrument: str = "BTC/USD") -> dict[str, Any]:

@@ -9,21 +9,15 @@ from pathlib import Path
 
 import orjson
 
-from protocol.orders import Fill, OrderFilled
+from protocol.orders import OrderFilled
+from tests.unit.trader.test_pnl import fill
+from tests.unit.trader.test_pnl import filled as filled_order
 from workers.trader.pnl import PnlLedger
 from workers.trader.service import SavedSession
 
-TS = 1_700_000_000_000_000_000
-
 
 def filled(cid: str, side: str, qty: str, price: str, seq: int) -> OrderFilled:
-    fill = Fill(fill_id=f"f-{cid}", account="acct", client_order_id=cid, instrument="BTC/USD",
-                side=side, qty=qty, price=price, fee="0.01", fee_currency="USD",
-                liquidity="maker", ts=TS)
-    return OrderFilled(account="acct", client_order_id=cid, instrument="BTC/USD", side=side,
-                       order_type="limit", qty=qty, price=price, time_in_force="GTC",
-                       status="filled", filled_qty=qty, remaining_qty="0", avg_price=price,
-                       seq=seq, ts=TS, fill=fill)
+    return filled_order(fill(side, qty, price, fee="0.01", cid=cid, fill_id=f"f-{cid}"), seq)
 
 
 def test_a_saved_session_comes_back_with_its_pnl_for_its_account_only(tmp_path: Path) -> None:
