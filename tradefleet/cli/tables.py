@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -42,28 +43,35 @@ def render_fleet(fleet: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def render_accounts(fleet: dict[str, Any]) -> str:
-    """Per account (from its order owner's status): orders, fills, positions."""
-    rows = []
+def _workers(fleet: dict[str, Any], kind: str, slot: str
+             ) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(location, worker, its status info) of every `kind` worker whose info names a
+    `slot` (an account, a trader)."""
     for loc in fleet.get("locations", []):
         for m in loc.get("managers", []):
             for w in m.get("workers", []):
                 info = w.get("info", {})
-                if w.get("kind") != "broker" or not info.get("account"):
-                    continue
-                positions = info.get("positions") or {}
-                pos = ", ".join(f"{k} {v}" for k, v in sorted(positions.items())) or "flat"
-                pnl = info.get("position_pnl") or {}
-                if pnl:
-                    pos = ", ".join(
-                        f"{k} {v['qty']} @ {v.get('avg_price') or '-'} "
-                        f"(realized {v['realized_pnl']}, unrealized "
-                        f"{v.get('unrealized_pnl') or '-'})" for k, v in sorted(pnl.items()))
-                kill = info.get("kill_switch")
-                rows.append([info["account"], loc["name"], w["id"], str(info.get("venue", "-")),
-                             "yes" if info.get("connected") else "no",
-                             str(info.get("orders", 0)), str(info.get("open_orders", 0)),
-                             str(info.get("fills", 0)), "ON" if kill else "off", pos])
+                if w.get("kind") == kind and info.get(slot):
+                    yield loc["name"], w, info
+
+
+def render_accounts(fleet: dict[str, Any]) -> str:
+    """Per account (from its order owner's status): orders, fills, positions."""
+    rows = []
+    for location, w, info in _workers(fleet, "broker", "account"):
+        positions = info.get("positions") or {}
+        pos = ", ".join(f"{k} {v}" for k, v in sorted(positions.items())) or "flat"
+        pnl = info.get("position_pnl") or {}
+        if pnl:
+            pos = ", ".join(
+                f"{k} {v['qty']} @ {v.get('avg_price') or '-'} "
+                f"(realized {v['realized_pnl']}, unrealized "
+                f"{v.get('unrealized_pnl') or '-'})" for k, v in sorted(pnl.items()))
+        kill = info.get("kill_switch")
+        rows.append([info["account"], location, w["id"], str(info.get("venue", "-")),
+                     "yes" if info.get("connected") else "no",
+                     str(info.get("orders", 0)), str(info.get("open_orders", 0)),
+                     str(info.get("fills", 0)), "ON" if kill else "off", pos])
     fleet_lines = _fleet_kill_switch_lines(fleet)
     if not rows:
         return "".join(line + "\n" for line in fleet_lines)
@@ -75,28 +83,21 @@ def render_accounts(fleet: dict[str, Any]) -> str:
 def render_traders(fleet: dict[str, Any]) -> str:
     """Per hosted trader (from its Trader worker's status): status and its own PnL."""
     rows = []
-    for loc in fleet.get("locations", []):
-        for m in loc.get("managers", []):
-            for w in m.get("workers", []):
-                info = w.get("info", {})
-                if w.get("kind") != "trader" or not info.get("trader"):
-                    continue
-                pnl = info.get("pnl") or {}
-                lines = pnl.get("instruments") or {}
-                positions = ", ".join(
-                    f"{k} {v['position']} @ {v.get('avg_cost') or '-'}"
-                    for k, v in sorted(lines.items())) or "flat"
-                totals = pnl.get("totals") or {}
-                realized = ", ".join(f"{t.get('realized')} {c}"
-                                     for c, t in sorted(totals.items())) or "0"
-                unrealized = ", ".join(f"{t.get('unrealized') or '-'} {c}"
-                                       for c, t in sorted(totals.items())) or "0"
-                status = str(info.get("status", "-"))
-                if info.get("last_error"):
-                    status += f" ({str(info['last_error'])[:60]})"
-                rows.append([str(info["trader"]), loc["name"], w["id"],
-                             str(info.get("account", "-")), status,
-                             str(pnl.get("fills", 0)), positions, realized, unrealized])
+    for location, w, info in _workers(fleet, "trader", "trader"):
+        pnl = info.get("pnl") or {}
+        lines = pnl.get("instruments") or {}
+        positions = ", ".join(f"{k} {v['position']} @ {v.get('avg_cost') or '-'}"
+                              for k, v in sorted(lines.items())) or "flat"
+        totals = pnl.get("totals") or {}
+        realized = ", ".join(f"{t.get('realized')} {c}"
+                             for c, t in sorted(totals.items())) or "0"
+        unrealized = ", ".join(f"{t.get('unrealized') or '-'} {c}"
+                               for c, t in sorted(totals.items())) or "0"
+        status = str(info.get("status", "-"))
+        if info.get("last_error"):
+            status += f" ({str(info['last_error'])[:60]})"
+        rows.append([str(info["trader"]), location, w["id"], str(info.get("account", "-")),
+                     status, str(pnl.get("fills", 0)), positions, realized, unrealized])
     if not rows:
         return ""
     return table(["TRADER", "LOCATION", "WORKER", "ACCOUNT", "STATUS", "FILLS", "POSITIONS",
