@@ -145,6 +145,15 @@ class EventStream:
             await client._queued.wait()
 
 
+def _events_of(frame: Any) -> list[Any]:
+    """The events a Market frame carries: a `batch`'s, or the frame itself (nothing from a
+    malformed batch)."""
+    if not (isinstance(frame, dict) and frame.get("type") == "batch"):
+        return [frame]
+    events = frame.get("events")
+    return events if isinstance(events, list) else []
+
+
 class MarketClient:
     """An algo session. Create with `await MarketClient.connect(...)`; close with `close()`
     or `async with`."""
@@ -597,10 +606,7 @@ class MarketClient:
                 except CodecError:
                     raise _Reattach("undecodable frame from the Market before welcome") \
                         from None
-                items = data.get("events") if isinstance(data, dict) \
-                    and data.get("type") == "batch" else [data]
-                if not isinstance(items, list):
-                    raise _Reattach("malformed batch from the Market before welcome")
+                items = _events_of(data)
                 for index, item in enumerate(items):
                     try:
                         event = parse_server_message(item)
@@ -700,8 +706,7 @@ class MarketClient:
             except CodecError:
                 log.warning("undecodable frame from the Market dropped")
                 continue
-            items = data.get("events") if data.get("type") == "batch" else [data]
-            for item in items if isinstance(items, list) else []:
+            for item in _events_of(data):
                 await self._on_event(item)
             if self._hint is not None:
                 break

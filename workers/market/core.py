@@ -130,12 +130,21 @@ class AccountLink:
     Kept for `unanswered_ttl_s` at most, like new_orders."""
 
 
-def _signal_answered(link: AccountLink, session_id: str, event: dict[str, Any]) -> None:
-    """Forget the signal `event` (from the Broker) answers, if it is a signal's answer."""
+def _answered(link: AccountLink, session_id: str, event: dict[str, Any]) -> _Unanswered | None:
+    """Forget what `event` (from the Broker, live or replayed) answers: the session's
+    new_order of its client_order_id (returned, for the route latency), the amendments it
+    shows carried out, the signal it answers."""
+    entry = None
+    client_order_id = event.get("client_order_id")
+    if isinstance(client_order_id, str):
+        entry = link.unanswered.pop((session_id, client_order_id), None)
+        if link.amending:
+            _amendment_answered(link, (session_id, client_order_id), event)
     signal_id = event.get("signal_id")
-    if event.get("type") in ("signal_accepted", "signal_rejected") and \
-            isinstance(signal_id, str):
+    if link.signalling and isinstance(signal_id, str) and \
+            event.get("type") in ("signal_accepted", "signal_rejected"):
         link.signalling.pop((session_id, signal_id), None)
+    return entry
 
 
 def _amendment_answered(link: AccountLink, key: tuple[str, str], event: dict[str, Any]) -> None:
@@ -697,15 +706,9 @@ class MarketCore:
         if session is None or session.account != link.account:
             return
         event = message.event
-        client_order_id = event.get("client_order_id")
-        if isinstance(client_order_id, str):
-            entry = link.unanswered.pop((session.session_id, client_order_id), None)
-            if entry is not None:
-                self.latency.add((now - entry.sent_at) * 1e6)
-            if link.amending:
-                _amendment_answered(link, (session.session_id, client_order_id), event)
-        if link.signalling:
-            _signal_answered(link, session.session_id, event)
+        entry = _answered(link, session.session_id, event)
+        if entry is not None:
+            self.latency.add((now - entry.sent_at) * 1e6)
         conn = session.conn
         if conn is None:
             return  # detached: the resume replays it
@@ -722,13 +725,7 @@ class MarketCore:
             return
         items = []
         for event in message.events:
-            client_order_id = event.get("client_order_id")
-            if isinstance(client_order_id, str):
-                link.unanswered.pop((session.session_id, client_order_id), None)
-                if link.amending:
-                    _amendment_answered(link, (session.session_id, client_order_id), event)
-            if link.signalling:
-                _signal_answered(link, session.session_id, event)
+            _answered(link, session.session_id, event)
             seq = event.get("seq")
             if isinstance(seq, int):
                 items.append((seq, orjson.dumps(event)))
