@@ -51,6 +51,10 @@ class Route(Frozen):
     customer: str = Field(min_length=1, max_length=64, description="The session's customer.")
     msg: dict[str, Any] = Field(description="new_order, cancel_order, modify_order, "
                                             "get_positions or get_open_orders, in wire form.")
+    detached: bool = Field(default=False, description=(
+        "Sent again by a Market that no longer holds the session's connection (the algo went "
+        "away, or resumed on another Market): carried out, but the session's events keep "
+        "going to the link they go to, not to this one."))
 
 
 class MdSubscribe(Frozen):

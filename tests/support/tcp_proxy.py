@@ -9,12 +9,14 @@ import contextlib
 
 class TcpProxy:
     """Relays every connection made to `port` (chosen by the OS) to `target_port`;
-    `cut()` drops the connections open now (both sides see a reset) and keeps listening."""
+    `cut()` drops the connections open now (both sides see a reset) and keeps listening; while
+    `refuse` is set, new connections are closed at once (an outage until it is cleared)."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self.accepted = 0  # connections relayed so far
+        self.refuse = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -25,6 +27,9 @@ class TcpProxy:
         return self.port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:

@@ -342,7 +342,8 @@ class BrokerService(WorkerService):
         owner = self.owner
         if owner is None:
             return
-        self._carry(link, message.session_id)
+        if not message.detached:
+            self._carry(link, message.session_id)
         await self._lanes.room()  # too much queued: stop reading this link for now
         self._lanes.submit(message.session_id, partial(
             owner.route, message.session_id, message.customer, message.msg))

@@ -567,14 +567,24 @@ class MarketCore:
             session = self.sessions[session_id]
             if session.conn is not None:
                 self._send_replay(link, session)
-        for entry in link.unanswered.values():
-            self._to_link(link, entry.frame)
-        for amendments in link.amending.values():
+        for (session_id, _), entry in link.unanswered.items():
+            self._to_link(link, self._held(session_id, entry.frame))
+        for (session_id, _), amendments in link.amending.items():
             for kind in ("modify_order", "cancel_order"):  # a cancel goes last, as intended
                 if kind in amendments:
-                    self._to_link(link, amendments[kind][0])
-        for entry in link.signalling.values():
-            self._to_link(link, entry.frame)
+                    self._to_link(link, self._held(session_id, amendments[kind][0]))
+        for (session_id, _), entry in link.signalling.items():
+            self._to_link(link, self._held(session_id, entry.frame))
+
+    def _held(self, session_id: str, frame: bytes) -> bytes:
+        """A held request's route frame as sent again now: marked `detached` if the session
+        has no connection here any more (its algo went away, or resumed on another Market).
+        The Broker carries the request out but keeps sending the session's events where it
+        sends them; else they would come here, where nobody reads them."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.conn is not None:
+            return frame
+        return orjson.dumps({**orjson.loads(frame), "detached": True})
 
     def link_down(self, account: str) -> None:
         """The account's Broker link dropped; the shell re-opens it."""

@@ -320,6 +320,31 @@ def test_link_drop_holds_orders_and_resends_unanswered_ones_on_reconnect() -> No
     assert [f["msg"]["client_order_id"] for f in frames[2:]] == ["sent", "held", "other"]
 
 
+def test_requests_held_for_a_session_that_left_go_again_marked_detached() -> None:
+    # The algo of session s-gone went away (or resumed on another Market) while this Market
+    # held its requests: they are still carried out, but marked so that the Broker keeps
+    # sending the session's events where the session is now, not here.
+    h = Harness()
+    gone, here = h.session("s-gone"), h.session("s-here")
+    h.core.link_down(ACCOUNT)
+    for conn in (gone, here):
+        h.send(conn, **order(client_order_id=f"new-{conn.conn_id}"))
+        h.send(conn, type="cancel_order", client_order_id=f"old-{conn.conn_id}", account=ACCOUNT)
+        h.send(conn, type="signal", signal_id=f"sig-{conn.conn_id}", account=ACCOUNT,
+               instrument="BTC/USD", target_qty="0.1")
+    h.core.disconnect(gone.conn_id, h.now)
+    h.core.link_up(ACCOUNT, WELCOME)
+    routes = [f for f in link_frames(h.core) if f["type"] == "route"]
+    assert sorted((f["session_id"], f["msg"]["type"], f.get("detached", False))
+                  for f in routes) == [
+        ("s-gone", "cancel_order", True), ("s-gone", "new_order", True),
+        ("s-gone", "signal", True), ("s-here", "cancel_order", False),
+        ("s-here", "new_order", False), ("s-here", "signal", False)]
+    gone_ids = {f["msg"].get("client_order_id") or f["msg"]["signal_id"]
+                for f in routes if f["session_id"] == "s-gone"}
+    assert gone_ids == {f"new-{gone.conn_id}", f"old-{gone.conn_id}", f"sig-{gone.conn_id}"}
+
+
 def test_amendments_the_broker_has_not_answered_go_again_to_the_next_broker() -> None:
     # The Broker may die with a forwarded cancel or modify not yet journaled: the Market
     # sends each order's latest ones again when the link is back, until answered.
