@@ -436,7 +436,7 @@ class MarketClient:
         if order.account != self.account:
             raise ValueError(f"order {order.client_order_id} is of account {order.account}, "
                              f"this session trades {self.account}")
-        return self._orders.apply(order)
+        return self._orders.apply(order, origin="adopted")
 
     # ------------------------------------------------------------------ signals
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from protocol.market import Side
 from protocol.orders import (
@@ -28,6 +28,8 @@ from protocol.session import Error
 from tradefleet.client.errors import ClientError, OrderNotFilled
 from tradefleet.client.errors import OrderRejected as OrderRejectedError
 
+Origin = Literal["placed", "adopted", "found"]
+
 
 class OrderHandle:
     """One order of this session, as last reported.
@@ -36,9 +38,15 @@ class OrderHandle:
     `order_id`, `qty`/`price` (after any modification), `filled_qty`, `remaining_qty`,
     `avg_price`, every `fills` (each fill once), every `events`, and `error` when the order was
     rejected. `last_error` holds the latest refusal of a cancel or modify of this order.
+
+    `origin` says where the handle came from: "placed" by this client's `place_order`,
+    "adopted" by its `adopt`, or "found": an order of this session that this client did not
+    place and that turned up in the session's events, e.g. one an earlier run of the algo sent
+    just before it died, which reached the Broker only after the new run looked.
     """
 
-    def __init__(self, request: NewOrder) -> None:
+    def __init__(self, request: NewOrder, origin: Origin = "placed") -> None:
+        self.origin: Origin = origin
         self.client_order_id: str = request.client_order_id
         self.account: str = request.account
         self.instrument: str = request.instrument
@@ -193,21 +201,23 @@ class OrderTracker:
     def __init__(self) -> None:
         self.handles: dict[str, OrderHandle] = {}
 
-    def add(self, request: NewOrder) -> OrderHandle:
+    def add(self, request: NewOrder, origin: Origin = "placed") -> OrderHandle:
         handle = self.handles.get(request.client_order_id)
         if handle is None:
-            handle = self.handles[request.client_order_id] = OrderHandle(request)
+            handle = self.handles[request.client_order_id] = OrderHandle(request, origin)
         return handle
 
-    def apply(self, event: OrderEvent) -> OrderHandle:
+    def apply(self, event: OrderEvent, origin: Origin = "found") -> OrderHandle:
         """Apply an order event; an order this client did not place here (e.g. before a
-        restart with the same session) gets a handle too."""
+        restart with the same session) gets a handle too, of `origin`."""
         handle = self.handles.get(event.client_order_id)
         if handle is None:
             handle = self.add(NewOrder(
                 client_order_id=event.client_order_id, account=event.account,
                 instrument=event.instrument, side=event.side, order_type=event.order_type,
-                qty=event.qty, price=event.price, time_in_force=event.time_in_force))
+                qty=event.qty, price=event.price, time_in_force=event.time_in_force), origin)
+        elif origin == "adopted" and handle.origin == "found":
+            handle.origin = "adopted"
         handle.apply(event)
         return handle
 

@@ -14,7 +14,8 @@ crashed strategy, a replacement worker) resumes the session after that seq, its 
 from the ledger's. So the orders an earlier run left working are the session's
 orders still: the new run finds them (`open_orders(session_only=True)`), and their events
 come to it. Before the strategy starts they are cancelled, or adopted into `client.orders`
-(`on_restart`); otherwise they would work on at the venue, known to nobody.
+(`on_restart`); otherwise they would work on at the venue, known to nobody. One still on its
+way to the Broker then is cancelled when its events arrive (`workers.trader.leftovers`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,11 @@ from tradefleet.config import TraderSection
 from tradefleet.service.files import write_atomic
 from tradefleet.strategy import Strategy, load_strategy_class, run_strategy
 from workers.runtime.service import WorkerContext, WorkerService
+from workers.trader.leftovers import EarlierRuns
 from workers.trader.pnl import PnlLedger
 
 log = structlog.get_logger(__name__)
 
-TAKE_OVER_S = 30.0
-"""How long a new run waits for the cancels of the orders an earlier run left."""
 SAVE_EVERY_S = 1.0
 """How often a running trader records its session (its PnL and last seq) when it changed."""
 
@@ -108,12 +109,14 @@ class SavedSession:
 
 
 class _LedgerStream:
-    """An SDK event stream whose events also go to the ledger, in order, before the strategy
-    sees them."""
+    """An SDK event stream whose events also go to the ledger (and to `watch`, if given), in
+    order, before the strategy sees them."""
 
-    def __init__(self, inner: Any, ledger: PnlLedger) -> None:
+    def __init__(self, inner: Any, ledger: PnlLedger,
+                 watch: Callable[[Any], Awaitable[None]] | None = None) -> None:
         self._inner = inner.__aiter__()
         self._ledger = ledger
+        self._watch = watch
 
     def __aiter__(self) -> _LedgerStream:
         return self
@@ -124,19 +127,26 @@ class _LedgerStream:
             self._ledger.observe(event)
         except Exception:  # bookkeeping must never stop the strategy
             log.exception("pnl_event_refused", event_type=getattr(event, "type", None))
+        if self._watch is not None:
+            try:
+                await self._watch(event)
+            except Exception:  # nor must the watch (a cancel that cannot be sent now)
+                log.exception("event_watch_failed", event_type=getattr(event, "type", None))
         return event
 
 
 class LedgerClient:
     """The SDK client as a hosted strategy gets it: the same in every way, except that its
-    `events()` also feed the trader's PnL ledger."""
+    `events()` also feed the trader's PnL ledger and `watch`."""
 
-    def __init__(self, client: Any, ledger: PnlLedger) -> None:
+    def __init__(self, client: Any, ledger: PnlLedger,
+                 watch: Callable[[Any], Awaitable[None]] | None = None) -> None:
         self._client = client
         self._ledger = ledger
+        self._watch = watch
 
     def events(self) -> _LedgerStream:
-        return _LedgerStream(self._client.events(), self._ledger)
+        return _LedgerStream(self._client.events(), self._ledger, self._watch)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -251,9 +261,10 @@ class TraderService(WorkerService):
             delay = 0.2
             saving = asyncio.create_task(self._keep_saving(client, saved))
             try:
-                await self._take_over(client, section)
+                leftovers = EarlierRuns(client, section.on_restart)
+                await leftovers.take_over()
                 cls = load_strategy_class(section.strategy, search=[Path.cwd()])
-                hosted = LedgerClient(client, self.ledger)
+                hosted = LedgerClient(client, self.ledger, leftovers.watch)
                 self.strategy = cls(hosted, **section.params)
                 self.status = "running"
                 await run_strategy(self.strategy, hosted, self._stop)
@@ -272,24 +283,6 @@ class TraderService(WorkerService):
                 saved.save(client.session_id, client.account, self.ledger)
                 await client.close()
         self.status = "superseded" if self.superseded else "stopped"
-
-    async def _take_over(self, client: Any, section: TraderSection) -> None:
-        """Before a run starts: the working orders an earlier run left in the trader's session
-        (its process killed -9, its strategy crashed) are cancelled, or adopted into the
-        client's `orders` for the strategy to pick up (`on_restart`). Otherwise they would
-        work on at the venue, unknown to the new run: an orphaned quote per restart."""
-        left = await client.open_orders(session_only=True)
-        if not left:
-            return
-        handles = [client.adopt(order) for order in left]
-        log.info("orders_left_by_an_earlier_run", count=len(handles), action=section.on_restart,
-                 client_order_ids=[h.client_order_id for h in handles])
-        if section.on_restart == "adopt":
-            return
-        for handle in handles:
-            await client.cancel_order(handle.client_order_id)
-        # A cancel the venue refuses (filled meanwhile) also ends the order.
-        await asyncio.wait_for(asyncio.gather(*(h.done() for h in handles)), TAKE_OVER_S)
 
     async def _halt(self) -> None:
         self._stop.set()
