@@ -5,11 +5,13 @@ a Market worker and a Broker worker service (in this process, as their runtimes 
 them), the paper exchange process; fakes only for the two managers' lookups. Every cut
 connection is re-opened by the side that opened it. Afterwards every order ended as the
 exchange says, every fill was seen once, and order events came once each in seq order.
+The same with two live Markets, each resume moving the session to the other one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -58,42 +60,68 @@ class Venue:
             return resp.status, await resp.json()
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+@contextlib.asynccontextmanager
+async def blips_world(tmp_path: Path, markets_n: int) -> AsyncIterator[dict[str, Any]]:
+    """The exchange, a Broker and `markets_n` Markets, every hop through a relay that can cut
+    it: `venue` (Broker ⇄ exchange), and per Market `link<i>` (Market ⇄ Broker) and
+    `algo<i>` (SDK ⇄ Market). With two Markets each has its own look-up of the Broker (so
+    its link has its own relay) and the MarketManager hands them out in turn, so every
+    resume moves the session to the other Market."""
     exchange = start_exchange(tmp_path, CONFIG)
     # The Broker finds the exchange through run/paper.url: pointed at a relay instead.
     venue_proxy = TcpProxy(int(exchange.url.rsplit(":", 1)[1]))
     await venue_proxy.start()
     (tmp_path / "run" / "paper.url").write_text(f"http://127.0.0.1:{venue_proxy.port}\n")
-    brokers = FakeBrokerManager()
-    await brokers.start()
-    point_at_broker_manager(tmp_path, brokers)
+    brokers = [FakeBrokerManager() for _ in range(markets_n)]
     markets = FakeMarketManager({API_TOKEN: ("alice", [ACCOUNT])})
+    markets.rotate = markets_n > 1
     await markets.start()
+    world: dict[str, Any] = {"exchange": exchange, "markets": markets, "venue": venue_proxy}
+    started: list[Any] = []
     try:
         async with start_broker(exchange, ACCOUNT, 1, token=SERVICE_TOKEN) as broker:
             await broker.service.configure({"assign": {"account": ACCOUNT}})
-            link_proxy = TcpProxy(int(broker.url.rsplit(":", 1)[1]))
-            await link_proxy.start()
-            brokers.accounts[ACCOUNT] = {"worker_id": "broker-1", "epoch": 1, "state": "up",
-                                         "url": f"http://127.0.0.1:{link_proxy.port}"}
-            market = await start_market(tmp_path)
-            algo_proxy = TcpProxy(int(market.url.rsplit(":", 1)[1]))
-            await algo_proxy.start()
-            markets.markets.append(market)
-            markets.via[market.ws_url] = f"ws://127.0.0.1:{algo_proxy.port}/v1/session"
+            for i, manager in enumerate(brokers, start=1):
+                link_proxy = world[f"link{i}"] = TcpProxy(int(broker.url.rsplit(":", 1)[1]))
+                await link_proxy.start()
+                await manager.start()
+                manager.accounts[ACCOUNT] = {"worker_id": "broker-1", "epoch": 1,
+                                             "state": "up",
+                                             "url": f"http://127.0.0.1:{link_proxy.port}"}
+                data_dir = tmp_path if markets_n == 1 else tmp_path / f"m{i}"
+                point_at_broker_manager(data_dir, manager)
+                market = await start_market(data_dir, worker_id=f"market-{i}")
+                started.append(market)
+                algo_proxy = world[f"algo{i}"] = TcpProxy(int(market.url.rsplit(":", 1)[1]))
+                await algo_proxy.start()
+                markets.markets.append(market)
+                markets.via[market.ws_url] = f"ws://127.0.0.1:{algo_proxy.port}/v1/session"
+            world["hops"] = [k for k in world if k.startswith(("link", "algo"))] + ["venue"]
             try:
-                yield {"exchange": exchange, "markets": markets, "link": link_proxy,
-                       "algo": algo_proxy, "venue": venue_proxy}
+                yield world
             finally:
-                await market.stop()
-                await algo_proxy.stop()
-                await link_proxy.stop()
+                for market in started:
+                    await market.stop()
+                for key in world["hops"][:-1]:  # the venue's relay goes last, below
+                    await world[key].stop()
     finally:
         await markets.stop()
-        await brokers.stop()
+        for manager in brokers:
+            await manager.stop()
         await venue_proxy.stop()
         exchange.stop()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    async with blips_world(tmp_path, 1) as built:
+        yield built
+
+
+@pytest.fixture
+async def two_markets(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    async with blips_world(tmp_path, 2) as built:
+        yield built
 
 
 async def connect(world: dict[str, Any], request_timeout_s: float) -> MarketClient:
@@ -106,7 +134,7 @@ async def cut_at_random(world: dict[str, Any], rng: random.Random) -> None:
     """`CUTS` cuts, each of one hop's connections, at random moments."""
     for _ in range(CUTS):
         await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
-        world[rng.choice(["link", "algo", "venue"])].cut()
+        world[rng.choice(world["hops"])].cut()
 
 
 async def trade(client: MarketClient, rng: random.Random, handles: list[OrderHandle],
@@ -134,6 +162,18 @@ async def trade(client: MarketClient, rng: random.Random, handles: list[OrderHan
 
 async def test_trading_through_blips_on_every_hop_loses_and_doubles_nothing(
         world: dict[str, Any]) -> None:
+    await trade_through_blips(world)
+
+
+async def test_sessions_moving_between_two_live_markets_through_blips_lose_nothing(
+        two_markets: dict[str, Any]) -> None:
+    # Every resume lands on the other Market, which is alive and may hold the session's
+    # held requests with its own Broker link down: what one Market sends again must not
+    # take the session's events away from the Market that holds the session now.
+    await trade_through_blips(two_markets)
+
+
+async def trade_through_blips(world: dict[str, Any]) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     client = await connect(world, request_timeout_s=5)
@@ -153,9 +193,8 @@ async def test_trading_through_blips_on_every_hop_loses_and_doubles_nothing(
         await cut_at_random(world, rng)
         stop.set()
         await trader
-        context = (f"seed {seed}; {len(handles)} orders; connections: algo "
-                   f"{world['algo'].accepted}, link {world['link'].accepted}, venue "
-                   f"{world['venue'].accepted}")
+        accepted = {hop: world[hop].accepted for hop in world["hops"]}
+        context = f"seed {seed}; {len(handles)} orders; connections per hop {accepted}"
         async with asyncio.timeout(60):  # cancel what works until everything is finished
             while not all(h.is_done for h in handles):
                 for handle in handles:
@@ -163,8 +202,8 @@ async def test_trading_through_blips_on_every_hop_loses_and_doubles_nothing(
                         await client.cancel_order(handle.client_order_id)
                 await asyncio.wait([asyncio.ensure_future(h.done()) for h in handles
                                     if not h.is_done], timeout=2)
-        assert len(handles) > 30 and world["algo"].accepted > 3 and \
-            world["link"].accepted > 3, context
+        relayed = sum(n for hop, n in accepted.items() if hop != "venue")
+        assert len(handles) > 30 and relayed > 6, context
         async with aiohttp.ClientSession() as http:
             venue = Venue(world["exchange"].url, http)
             for handle in handles:

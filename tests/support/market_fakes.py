@@ -330,12 +330,14 @@ async def running_market(data_dir: Path, *, worker_id: str = "market-1",
 
 class FakeMarketManager:
     """`POST /v1/sessions`: API token → customer, session token minted with the service
-    token, the WebSocket URL of the first Market in `markets` that is not draining."""
+    token, the WebSocket URL of the first Market in `markets` that is not draining (with
+    `rotate`, of each live Market in turn)."""
 
     def __init__(self, tokens: dict[str, tuple[str, list[str]]]) -> None:
         self.tokens = tokens  # api token → (customer, accounts)
         self.markets: list[RunningMarket] = []
         self.via: dict[str, str] = {}  # a Market's ws_url → the URL handed out instead
+        self.rotate = False  # hand the live Markets out in turn instead of the first one
         self.requests: list[dict[str, Any]] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -369,8 +371,9 @@ class FakeMarketManager:
                                                 "message": "no Market"}}, status=503)
         session_id = body.get("session_id") or f"{customer}.s{next(self._ids)}"
         token, expires_at = mint(SERVICE_TOKEN, session_id, customer, account, 3600)
+        market = live[len(self.requests) % len(live)] if self.rotate else live[0]
         return web.json_response({"session_id": session_id, "session_token": token,
-                                  "ws_url": self.via.get(live[0].ws_url, live[0].ws_url),
+                                  "ws_url": self.via.get(market.ws_url, market.ws_url),
                                   "account": account,
                                   "customer": customer, "expires_at": expires_at})
 
