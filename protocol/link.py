@@ -43,6 +43,12 @@ class LinkHello(Frozen):
     market_id: str = Field(min_length=1, max_length=128, description="The Market worker's id.")
 
 
+GRANT = ("The session grant the algo's connection to this Market came with (when its token "
+         "was minted, in ms: later grants, larger). The Broker sends a session's events to "
+         "the Market of its latest grant: a Market that still believes it holds the session "
+         "on an older connection (one it has not yet seen die) cannot take them back.")
+
+
 class Route(Frozen):
     """An algo's order request, forwarded verbatim (already validated by the Market)."""
 
@@ -55,6 +61,7 @@ class Route(Frozen):
         "Sent again by a Market that no longer holds the session's connection (the algo went "
         "away, or resumed on another Market): carried out, but the session's events keep "
         "going to the link they go to, not to this one."))
+    grant: int | None = Field(default=None, ge=0, description=GRANT)
 
 
 class MdSubscribe(Frozen):
@@ -68,9 +75,12 @@ class MdUnsubscribe(Frozen):
 
 
 class Replay(Frozen):
+    """Replay a session's sequenced events; also says the session now lives on this Market."""
+
     type: Literal["replay"] = "replay"
     session_id: SessionId
     after_seq: int = Field(ge=0, description="Send order events with seq > after_seq.")
+    grant: int | None = Field(default=None, ge=0, description=GRANT)
 
 
 class LinkWelcome(Frozen):

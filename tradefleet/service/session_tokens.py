@@ -4,10 +4,14 @@ A token binds one session id to one customer and one account until an expiry tim
 HMAC-SHA256 under the deployment service token. Market workers verify it statelessly: no
 look-up, no shared store. The token is URL-safe text:
 
-    base64url("session_id|customer|account|expires_at[|trader_tag]") "." base64url(hmac)
+    base64url("session_id|customer|account|expires_at|issued_ms[|trader_tag]") "." base64url(hmac)
 
-`expires_at` is whole seconds since the Unix epoch. The payload is readable by whoever holds
-the token (it carries no secret); only the signature makes it trustworthy.
+`expires_at` is whole seconds since the Unix epoch, `issued_ms` the time the token was minted
+in milliseconds: the session's *grant*. Each connection of a session comes with the grant it
+was admitted with, and the Broker sends the session's events to the Market of the latest one
+(a Market still holding an older connection it has not seen die cannot take them back). The
+payload is readable by whoever holds the token (it carries no secret); only the signature
+makes it trustworthy.
 
 A session may carry a trader tag (the per-tag risk limits of the account apply to its orders).
 The tag is in the signed payload, so the algo cannot change it on a connection; and a tagged
@@ -50,6 +54,8 @@ class SessionClaims:
     account: str
     expires_at: int
     trader_tag: str | None = None
+    issued_ms: int = 0
+    """When the token was minted (ms since the epoch): later grants of a session, larger."""
 
 
 def _b64encode(raw: bytes) -> str:
@@ -93,7 +99,7 @@ def mint(
         raise ValueError("trader_tag must be 1 to 64 letters, digits or ._-")
     issued = time.time() if now is None else now
     expires_at = int(issued + ttl_s)
-    fields = [session_id, customer, account, str(expires_at)]
+    fields = [session_id, customer, account, str(expires_at), str(int(issued * 1000))]
     if trader_tag is not None:
         fields.append(trader_tag)
     payload = _SEPARATOR.join(fields).encode()
@@ -124,8 +130,9 @@ def verify(secret: str, token: str, *, now: float | None = None) -> SessionClaim
     if not hmac.compare_digest(signature, _signature(secret, payload)):
         raise InvalidSessionToken("session token signature does not match")
     try:
-        session_id, customer, account, expires_text, *tag = payload.decode().split(_SEPARATOR)
-        expires_at = int(expires_text)
+        session_id, customer, account, expires_text, issued_text, *tag = \
+            payload.decode().split(_SEPARATOR)
+        expires_at, issued_ms = int(expires_text), int(issued_text)
         if len(tag) > 1 or (tag and not TRADER_TAG.fullmatch(tag[0])):
             raise ValueError("bad trader tag")
     except ValueError as exc:  # a correctly signed token is well formed; kept as a guard
@@ -133,7 +140,8 @@ def verify(secret: str, token: str, *, now: float | None = None) -> SessionClaim
     current = time.time() if now is None else now
     if expires_at <= current:
         raise InvalidSessionToken("session token expired; ask the MarketManager for a new one")
-    return SessionClaims(session_id, customer, account, expires_at, tag[0] if tag else None)
+    return SessionClaims(session_id, customer, account, expires_at, tag[0] if tag else None,
+                         issued_ms)
 
 
 def _tag_signature(secret: str, customer: str, nonce: str, trader_tag: str) -> str:

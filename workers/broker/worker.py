@@ -63,6 +63,8 @@ log = structlog.get_logger(__name__)
 SERVICE_TOKEN_ENV = "TRADEFLEET_SERVICE_TOKEN"
 CLOSE_OWNER_STOPPED = 1012  # service restart: re-learn the owner and reconnect
 VENUE_EVENTS = frozenset({"venue_down", "venue_resync", "position_corrected"})
+SESSION_GRANTS_KEPT = 100_000
+"""Sessions whose latest grant the worker remembers (the most recently claimed ones)."""
 
 
 def _fleet_switch(raw: Any) -> KillSwitch | None:
@@ -99,6 +101,7 @@ class BrokerService(WorkerService):
         self._draining = False
         self._links: dict[int, MarketLink] = {}
         self._session_links: dict[str, MarketLink] = {}
+        self._session_grants: dict[str, int] = {}  # the latest grant seen per session
         # A session's requests run in order; sessions do not wait for each other's venue calls.
         self._lanes = SessionLanes()
         self._streams = StreamTable()
@@ -327,8 +330,19 @@ class BrokerService(WorkerService):
             if self.owner is not None:
                 await self.owner.unsubscribe(key, depth)
 
-    def _carry(self, link: MarketLink, session_id: str) -> None:
-        """The session's events go to `link` from now on."""
+    def _carry(self, link: MarketLink, session_id: str, grant: int | None) -> None:
+        """The session's events go to `link` from now on, unless `link` speaks for an older
+        grant of the session than one already seen (a Market that has not yet noticed that the
+        algo left it for another Market)."""
+        if grant is not None:
+            latest = self._session_grants.pop(session_id, 0)
+            self._session_grants[session_id] = max(latest, grant)  # newest last
+            if len(self._session_grants) > SESSION_GRANTS_KEPT:
+                del self._session_grants[next(iter(self._session_grants))]
+            if grant < latest:
+                log.info("stale_session_claim_ignored", session_id=session_id, grant=grant,
+                         latest=latest)
+                return
         previous = self._session_links.get(session_id)
         if previous is not link:
             if previous is not None:
@@ -343,7 +357,7 @@ class BrokerService(WorkerService):
         if owner is None:
             return
         if not message.detached:
-            self._carry(link, message.session_id)
+            self._carry(link, message.session_id, message.grant)
         await self._lanes.room()  # too much queued: stop reading this link for now
         self._lanes.submit(message.session_id, partial(
             owner.route, message.session_id, message.customer, message.msg))
@@ -352,7 +366,7 @@ class BrokerService(WorkerService):
         owner = self.owner
         if owner is None:
             return
-        self._carry(link, message.session_id)
+        self._carry(link, message.session_id, message.grant)
 
         async def replay() -> None:  # behind the session's requests already under way
             with contextlib.suppress(OwnerStopped):

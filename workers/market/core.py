@@ -395,8 +395,11 @@ class MarketCore:
 
     def _send_replay(self, link: AccountLink, session: MarketSession) -> None:
         after = session.sequence.request_replay()
-        self._to_link(link, orjson.dumps(
-            {"type": "replay", "session_id": session.session_id, "after_seq": after}))
+        frame: dict[str, Any] = {"type": "replay", "session_id": session.session_id,
+                                 "after_seq": after}
+        if session.conn is not None:
+            frame["grant"] = session.conn.claims.issued_ms
+        self._to_link(link, orjson.dumps(frame))
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -512,7 +515,8 @@ class MarketCore:
             # Signed into the session's token: the Broker applies the tag's risk limits.
             msg["trader_tag"] = conn.claims.trader_tag
         frame = orjson.dumps({"type": "route", "session_id": session.session_id,
-                              "customer": session.customer, "msg": msg})
+                              "customer": session.customer, "msg": msg,
+                              "grant": conn.claims.issued_ms})
         if isinstance(request, NewOrder):
             # Sent now if the link is up, else when it comes up; re-sent after a link drop
             # until answered.

@@ -19,6 +19,7 @@ ACCOUNT = "paper-1"
 SPEC = InstrumentSpec(instrument="BTC/USD", tick_size=Decimal("0.5"), lot_size=Decimal("0.01"),
                       min_qty=Decimal("0.01"))
 WELCOME = LinkWelcome(account=ACCOUNT, broker_id="b-1", epoch=1, instruments=[SPEC])
+GRANT = 1_700_000_000_000  # when the harness's session tokens were minted (ms)
 
 
 def frame(**fields: Any) -> bytes:
@@ -45,7 +46,8 @@ class Harness:
 
     def session(self, session_id: str, resume_from_seq: int | None = None,
                 account: str = ACCOUNT, customer: str = "acme") -> Connection:
-        conn = self.core.connect(SessionClaims(session_id, customer, account, 2**40), self.now)
+        conn = self.core.connect(
+            SessionClaims(session_id, customer, account, 2**40, issued_ms=GRANT), self.now)
         hello: dict[str, Any] = {"type": "hello", "session_id": session_id}
         if resume_from_seq is not None:
             hello["resume_from_seq"] = resume_from_seq
@@ -84,7 +86,8 @@ def test_hello_gets_a_welcome_and_registers_the_session_with_the_broker() -> Non
     [welcome] = read(conn)
     assert welcome == {"type": "welcome", "session_id": "s-1", "protocol": "1.0",
                        "resumed": False, "last_seq": 0, "subscriptions": []}
-    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-1", "after_seq": 0}]
+    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-1", "after_seq": 0,
+                                    "grant": GRANT}]
 
 
 def test_first_frame_must_be_a_hello_for_the_tokens_session() -> None:
@@ -232,11 +235,13 @@ def test_orders_are_routed_and_events_delivered_in_seq_order_once() -> None:
     [route] = link_frames(h.core)
     assert route["type"] == "route" and route["session_id"] == "s-a"
     assert route["customer"] == "acme" and route["msg"]["client_order_id"] == "o-1"
+    assert route["grant"] == GRANT  # the Broker sends the session's events to its latest grant
     h.from_broker(type="session_event", session_id="s-a", event=order_event(1))
     h.from_broker(type="session_event", session_id="s-a", event=order_event(1))  # duplicate
     h.from_broker(type="session_event", session_id="s-a", event=order_event(3))  # gap
     assert [e["seq"] for e in read(a)] == [1]
-    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-a", "after_seq": 1}]
+    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-a", "after_seq": 1,
+                                    "grant": GRANT}]
     h.from_broker(type="replayed", session_id="s-a", last_seq=3,
                   events=[order_event(2), order_event(3)])
     assert [e["seq"] for e in read(a)] == [2, 3]
@@ -258,7 +263,8 @@ def test_resume_on_another_market_replays_and_restores_nothing_it_never_had() ->
     a = h.session("s-a", resume_from_seq=4)
     [welcome] = read(a)
     assert welcome["resumed"] is True and welcome["last_seq"] == 4
-    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-a", "after_seq": 4}]
+    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-a", "after_seq": 4,
+                                    "grant": GRANT}]
     h.from_broker(type="replayed", session_id="s-a", last_seq=6,
                   events=[order_event(5), order_event(6)])
     assert [e["seq"] for e in read(a)] == [5, 6]
@@ -281,7 +287,8 @@ def test_resume_on_the_same_market_restores_subscriptions_and_a_fresh_snapshot()
     assert welcome["resumed"] is True
     assert welcome["subscriptions"] == [{"instrument": "BTC/USD", "channel": "book", "depth": 1}]
     assert snapshot["type"] == "book_snapshot"
-    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-a", "after_seq": 1}]
+    assert link_frames(h.core) == [{"type": "replay", "session_id": "s-a", "after_seq": 1,
+                                    "grant": GRANT}]
     h.from_broker(type="replayed", session_id="s-a", last_seq=3,
                   events=[order_event(2), order_event(3)])
     assert [e["seq"] for e in read(again)] == [2, 3]

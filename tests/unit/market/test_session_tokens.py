@@ -22,7 +22,15 @@ NOW = 1_700_000_000.0
 def test_round_trip_returns_the_claims() -> None:
     token, expires_at = mint(SECRET, "s-1", "acme", "paper-1", 60, now=NOW)
     assert expires_at == int(NOW + 60)
-    assert verify(SECRET, token, now=NOW + 1) == SessionClaims("s-1", "acme", "paper-1", expires_at)
+    assert verify(SECRET, token, now=NOW + 1) == SessionClaims(
+        "s-1", "acme", "paper-1", expires_at, issued_ms=int(NOW * 1000))
+
+
+def test_a_later_grant_of_a_session_is_larger_to_the_millisecond() -> None:
+    # The Broker sends a session's events to the Market of its latest grant.
+    first, _ = mint(SECRET, "s-1", "acme", "paper-1", 60, now=NOW)
+    again, _ = mint(SECRET, "s-1", "acme", "paper-1", 60, now=NOW + 0.002)
+    assert verify(SECRET, again, now=NOW).issued_ms - verify(SECRET, first, now=NOW).issued_ms == 2
 
 
 def test_token_is_url_safe() -> None:
