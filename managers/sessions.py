@@ -14,6 +14,7 @@ session's whole life: resuming needs the same tag (or none for an untagged sessi
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from pydantic import Field
@@ -57,6 +58,7 @@ class SessionPlacer:
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
         self._recent: dict[str, int] = {}  # sessions handed out since the worker's last report
+        self._last_grant = 0.0
 
     def note_status(self, worker_id: str) -> None:
         self._recent.pop(worker_id, None)
@@ -99,8 +101,12 @@ class SessionPlacer:
         else:
             session_id = new_session_id(customer)
         worker = self.choose()
+        # Grants only grow, to the millisecond, even if the clock steps back: the Broker sends
+        # a session's events to the Market of its latest grant.
+        self._last_grant = max(time.time(), self._last_grant + 0.001)
         token, expires_at = session_tokens.mint(secret, session_id, customer, account,
-                                                SESSION_TTL_S, trader_tag=tag)
+                                                SESSION_TTL_S, trader_tag=tag,
+                                                now=self._last_grant)
         base = worker.url or ""  # candidates() only yields workers with a URL
         ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) \
             + "/v1/session"

@@ -83,6 +83,12 @@ def test_sessions_need_an_api_token_and_stay_within_the_customer(market_manager)
                                 token=alice)
     assert status == 200 and resumed["session_id"] == session["session_id"]
     assert resumed["resumed"] is True
+    # Each grant of a session is later than the one before, even within a millisecond: the
+    # Broker sends the session's events to the Market of its latest grant.
+    grants = [session_tokens.verify(secrets["join_token"], s["session_token"]).issued_ms
+              for s in (session, resumed, http.call("POST", "/v1/sessions", {
+                  "session_id": session["session_id"]}, token=alice)[1])]
+    assert grants == sorted(set(grants)), grants
 
 
 def test_new_sessions_spread_over_the_least_loaded_workers(market_manager) -> None:  # type: ignore[no-untyped-def]

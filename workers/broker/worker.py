@@ -332,14 +332,14 @@ class BrokerService(WorkerService):
 
     def _carry(self, link: MarketLink, session_id: str, grant: int | None) -> None:
         """The session's events go to `link` from now on, unless `link` speaks for an older
-        grant of the session than one already seen (a Market that has not yet noticed that the
-        algo left it for another Market)."""
+        grant of the session than the one whose link has them now (a Market that has not yet
+        noticed that the algo left it for another Market)."""
         if grant is not None:
             latest = self._session_grants.pop(session_id, 0)
             self._session_grants[session_id] = max(latest, grant)  # newest last
             if len(self._session_grants) > SESSION_GRANTS_KEPT:
                 del self._session_grants[next(iter(self._session_grants))]
-            if grant < latest:
+            if grant < latest and session_id in self._session_links:
                 log.info("stale_session_claim_ignored", session_id=session_id, grant=grant,
                          latest=latest)
                 return
