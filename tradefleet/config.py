@@ -151,7 +151,8 @@ class TraderSection(Section):
         "What becomes of the working orders a previous run of this algo left (its process "
         "killed, its strategy crashed) before the new run starts: `cancel` them (the new "
         "run starts with none), or `adopt` them (the strategy finds them in "
-        "`client.orders` in `on_start`)."))
+        "`client.orders` in `on_start`). One that reaches the Broker only after the new run "
+        "started (it was still on its way) is cancelled either way."))
 
 
 class MarketSettings(Section):
