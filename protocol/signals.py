@@ -75,6 +75,11 @@ from protocol.market import (
 )
 from protocol.orders import AccountId, ClientOrderId
 
+POSITION_MANAGER_PREFIX = "pm:"
+"""The client_order_id prefix of the orders the position manager places itself (a signal's
+entry `pm:<signal_id>:e`, a close `pm:<plan>:x<n>`); reserved: an algo's `new_order` may
+not use it. Their events go to the session of the signal they serve."""
+
 SignalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,48}$")]
 """1 to 48 characters of letters, digits and `._-` (the position manager derives order ids
 from it, which must stay within 64 characters)."""

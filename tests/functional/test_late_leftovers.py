@@ -100,6 +100,11 @@ async def test_an_order_the_dead_run_had_on_its_way_is_cancelled_when_it_turns_u
     run_a = await connect(world)
     session_id = run_a.session_id
     assert session_id is not None
+    # An order run A placed and saw finish: replayed to run B, it is nothing to cancel.
+    finished = await run_a.place_order("BTC/USD", "buy", Decimal("0.01"), Decimal("1000.0"))
+    await finished.accepted(10)
+    await run_a.cancel_order(finished.client_order_id)
+    await finished.done(10)
     # Market 1 loses its Broker link and cannot get it back for now.
     link.refuse = True
     link.cut()
@@ -109,11 +114,14 @@ async def test_an_order_the_dead_run_had_on_its_way_is_cancelled_when_it_turns_u
     await run_a.close()  # run A dies; its session stays (detached) for a resume
 
     world["markets"].markets[:] = [world["m2"]]
-    run_b = await connect(world, session_id=session_id, resume_from_seq=run_a.last_seq)
+    # Resumed from the start (a trader resumes after the last seq it saved, up to a second
+    # old): the replay brings the finished order's events too.
+    run_b = await connect(world, session_id=session_id, resume_from_seq=0)
     try:
         leftovers = EarlierRuns(run_b, on_restart)
         await leftovers.take_over()
-        assert run_b.orders == {}  # the Broker has not seen the order yet: nothing to take
+        # The Broker has not seen the held order yet: nothing to take over.
+        assert [h.client_order_id for h in run_b.orders.values() if not h.is_done] == []
 
         seen: list[Any] = []
 
@@ -140,7 +148,8 @@ async def test_an_order_the_dead_run_had_on_its_way_is_cancelled_when_it_turns_u
         await run_b.close()
 
 
-async def test_orders_the_run_placed_or_adopted_are_left_alone(world: dict[str, Any]) -> None:
+async def test_orders_the_run_placed_adopted_or_signalled_are_left_alone(
+        world: dict[str, Any]) -> None:
     world["markets"].markets[:] = [world["m2"]]
     client = await connect(world)
     try:
@@ -151,12 +160,23 @@ async def test_orders_the_run_placed_or_adopted_are_left_alone(world: dict[str, 
         # An order the strategy adopts itself (here: its own, found by a query) is its own.
         [snapshot] = await client.open_orders(session_only=True)
         assert client.adopt(snapshot).origin == "placed"  # adopting keeps a placed order's
+        # A signal's entry at a limit price: an order of the session that this client did not
+        # place, but the position manager's, for this run's signal.
+        answer = await client.send_signal("BTC/USD", target_qty="0.01", entry_price="1001.0")
+        assert answer.type == "signal_accepted", answer
+        entry = answer.client_order_id
+        assert entry is not None
+        accepted: set[str] = set()
         async with asyncio.timeout(10):
             async for event in client.events():
                 await leftovers.watch(event)
                 if event.type == "order_accepted":
+                    accepted.add(event.client_order_id)
+                if accepted == {mine.client_order_id, entry}:
                     break
+        handle = client.order(entry)
+        assert handle is not None and handle.origin == "position_manager"
         assert leftovers.late == 0 and mine.status.value == "accepted"
-        assert await working_at_exchange(world) == [mine.client_order_id]
+        assert sorted(await working_at_exchange(world)) == sorted([mine.client_order_id, entry])
     finally:
         await client.close()

@@ -25,10 +25,11 @@ from protocol.orders import (
     modify_reported,
 )
 from protocol.session import Error
+from protocol.signals import POSITION_MANAGER_PREFIX
 from tradefleet.client.errors import ClientError, OrderNotFilled
 from tradefleet.client.errors import OrderRejected as OrderRejectedError
 
-Origin = Literal["placed", "adopted", "found"]
+Origin = Literal["placed", "adopted", "found", "position_manager"]
 
 
 class OrderHandle:
@@ -40,9 +41,11 @@ class OrderHandle:
     rejected. `last_error` holds the latest refusal of a cancel or modify of this order.
 
     `origin` says where the handle came from: "placed" by this client's `place_order`,
-    "adopted" by its `adopt`, or "found": an order of this session that this client did not
-    place and that turned up in the session's events, e.g. one an earlier run of the algo sent
-    just before it died, which reached the Broker only after the new run looked.
+    "adopted" by its `adopt`, "position_manager" for an order the position manager placed for
+    one of the session's signals (its entry or a close), or "found": an order of this session
+    that this client did not place and that turned up in the session's events, e.g. one an
+    earlier run of the algo sent just before it died, which reached the Broker only after the
+    new run looked.
     """
 
     def __init__(self, request: NewOrder, origin: Origin = "placed") -> None:
@@ -209,9 +212,12 @@ class OrderTracker:
 
     def apply(self, event: OrderEvent, origin: Origin = "found") -> OrderHandle:
         """Apply an order event; an order this client did not place here (e.g. before a
-        restart with the same session) gets a handle too, of `origin`."""
+        restart with the same session) gets a handle too, of `origin` (of "position_manager"
+        for the position manager's own orders)."""
         handle = self.handles.get(event.client_order_id)
         if handle is None:
+            if event.client_order_id.startswith(POSITION_MANAGER_PREFIX):
+                origin = "position_manager"
             handle = self.add(NewOrder(
                 client_order_id=event.client_order_id, account=event.account,
                 instrument=event.instrument, side=event.side, order_type=event.order_type,

@@ -10,9 +10,10 @@ One kind of leftover can escape that question: an order the dying run had sent t
 on its way to the Broker when the new run asked, e.g. held by a Market whose Broker link was
 down while the session moved to another Market. It reaches the Broker later and its events
 come to the new run's session. The SDK gives such an order a handle of origin "found" (this
-run neither placed nor adopted it); `watch`, which sees every event before the strategy does,
-cancels it, whatever `on_restart` says: the strategy has already taken over what was there
-when it started, and no strategy expects an order to appear from nowhere afterwards.
+run neither placed nor adopted it, and it is not one the position manager placed for a
+signal); `watch`, which sees every event before the strategy does, cancels it, whatever
+`on_restart` says: the strategy has already taken over what was there when it started, and no
+strategy expects an order to appear from nowhere afterwards.
 """
 
 from __future__ import annotations
@@ -59,14 +60,16 @@ class EarlierRuns:
 
     async def watch(self, event: Any) -> None:
         """One event of the session, before the strategy sees it: a working order of origin
-        "found" (a leftover that arrived late) is cancelled, once."""
+        "found" (a leftover that arrived late) is cancelled, once. The handle says whether it
+        still works: the events of a resume's replay reach the handles at once but the
+        strategy's stream later, so an old `order_accepted` may come for an order long done."""
         if not isinstance(event, OrderEvent) or event.status.is_terminal:
             return
         cid = event.client_order_id
         if cid in self._cancelled:
             return
         handle = self._client.order(cid)
-        if handle is None or handle.origin != "found":
+        if handle is None or handle.origin != "found" or handle.is_done:
             return
         self._cancelled.add(cid)
         self.late += 1

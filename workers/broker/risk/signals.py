@@ -22,10 +22,10 @@ from decimal import Decimal
 from protocol.errors import ErrorCode
 from protocol.market import InstrumentSpec, Side
 from protocol.orders import NewOrder, OrderType, TimeInForce
-from protocol.signals import Direction, Signal
+from protocol.signals import POSITION_MANAGER_PREFIX, Direction, Signal
 from workers.broker.risk.amounts import EXACT, ZERO, floor_to_lot, money, plain
 
-ORDER_ID_PREFIX = "pm:"
+ORDER_ID_PREFIX = POSITION_MANAGER_PREFIX
 """Client order ids under this prefix belong to the position manager."""
 
 
