@@ -131,10 +131,16 @@ async def connect(world: dict[str, Any], request_timeout_s: float) -> MarketClie
 
 
 async def cut_at_random(world: dict[str, Any], rng: random.Random) -> None:
-    """`CUTS` cuts, each of one hop's connections, at random moments."""
+    """`CUTS` cuts, each of one hop's connections, at random moments. An algo's connection is
+    sometimes cut on the algo's side only: its Market keeps a half-open connection (until its
+    heartbeat gives up) while the algo resumes, maybe on the other Market."""
     for _ in range(CUTS):
         await asyncio.sleep(rng.uniform(0.02, 0.2))  # the blips' pace, not a wait
-        world[rng.choice(world["hops"])].cut()
+        hop = rng.choice(world["hops"])
+        if hop.startswith("algo") and rng.random() < 0.5:
+            world[hop].half_cut()
+        else:
+            world[hop].cut()
 
 
 async def trade(client: MarketClient, rng: random.Random, handles: list[OrderHandle],
